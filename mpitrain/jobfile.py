@@ -1,0 +1,128 @@
+"""Load a TOML job file into a validated `JobConfig`.
+
+Every error is one line naming the file, the key, what is wrong and how to fix it.
+"""
+from __future__ import annotations
+
+import difflib
+import tomllib
+import typing
+from dataclasses import fields
+from pathlib import Path
+
+from .config import JobConfig, section_classes
+from .errors import ConfigError
+
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+               list: "a list"}
+
+
+def _closest(name: str, options) -> str:
+    options = list(options)
+    scores = {o: difflib.SequenceMatcher(None, name, o).ratio() for o in options}
+    best = max(scores.values(), default=0.0)
+    if best < 0.5:
+        return f"valid keys: {', '.join(options)}"
+    tied = [f"'{o}'" for o in options if scores[o] == best]
+    return f"did you mean {' or '.join(tied)}?"
+
+
+def _coerce(value, typ, where: str):
+    """Check a TOML value against a field type (ints are accepted for floats)."""
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    ok = isinstance(value, typ) and not (typ is int and isinstance(value, bool))
+    if not ok:
+        raise ConfigError(f"{where}: expected {_TYPE_NAMES.get(typ, typ.__name__)}, "
+                          f"got {value!r}; fix the value's type")
+    return value
+
+
+def _check_range(value, meta: dict, where: str) -> None:
+    if "choices" in meta and value not in meta["choices"]:
+        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, meta['choices']))}")
+    if "min" in meta and value < meta["min"]:
+        raise ConfigError(f"{where}: {value!r} is below the minimum {meta['min']}; use a value >= {meta['min']}")
+    if "max" in meta and value > meta["max"]:
+        raise ConfigError(f"{where}: {value!r} is above the maximum {meta['max']}; use a value <= {meta['max']}")
+
+
+def _apply(cfg: JobConfig, section: str, key: str, value, where: str) -> None:
+    classes = section_classes()
+    if section not in classes:
+        raise ConfigError(f"{where}: unknown section [{section}]; {_closest(section, classes)}")
+    obj = getattr(cfg, section)
+    hints = typing.get_type_hints(type(obj))
+    names = [f.name for f in fields(obj)]
+    if key not in names:
+        raise ConfigError(f"{where}: unknown key '{key}' in [{section}]; {_closest(key, names)}")
+    meta = next(f.metadata for f in fields(obj) if f.name == key)
+    value = _coerce(value, hints[key], where)
+    _check_range(value, meta, where)
+    setattr(obj, key, value)
+
+
+def parse_override(text: str):
+    """'section.key=value' -> (section, key, value); the value is read as TOML,
+    or taken as a plain string if it isn't valid TOML."""
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise ConfigError(f"--set {text}: expected SECTION.KEY=VALUE, e.g. --set grid.dp=2")
+    path, raw = text.split("=", 1)
+    section, key = path.strip().split(".", 1)
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return section, key.strip(), value
+
+
+def load_job(path: str | Path | None, overrides=()) -> JobConfig:
+    """Read and validate a job file (None = all defaults) and apply `--set` overrides."""
+    cfg = JobConfig()
+    if path is not None:
+        path = Path(path)
+        cfg.source = str(path)
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: job file not found; give the path of a TOML file, e.g. jobs/selfcheck.toml") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save the file as UTF-8") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: invalid TOML: {e}; fix the syntax") from None
+        for section, table in data.items():
+            if not isinstance(table, dict):
+                raise ConfigError(f"{path}: top-level key '{section}' must be a [section]; "
+                                  f"{_closest(section, section_classes())}")
+            for key, value in table.items():
+                _apply(cfg, section, key, value, f"{path}: [{section}] {key}")
+    for text in overrides:
+        section, key, value = parse_override(text)
+        _apply(cfg, section, key, value, f"--set {text}")
+    _check_cross(cfg)
+    return cfg
+
+
+def _check_cross(cfg: JobConfig) -> None:
+    where = cfg.source
+    p = cfg.pipeline
+    if p.partition == "cuts" and len(p.cuts) != cfg.grid.pp - 1:
+        raise ConfigError(f"{where}: [pipeline] cuts has {len(p.cuts)} entries but pp = {cfg.grid.pp} "
+                          f"needs {cfg.grid.pp - 1}; list the first layer index of stages 1..pp-1")
+    if p.partition != "cuts" and p.cuts:
+        raise ConfigError(f"{where}: [pipeline] cuts is set but partition = '{p.partition}'; "
+                          f"set partition = 'cuts' or remove cuts")
+    if cfg.pipeline.microbatches and cfg.pipeline.microbatches < cfg.grid.pp:
+        raise ConfigError(f"{where}: [pipeline] microbatches = {p.microbatches} is fewer than the "
+                          f"{cfg.grid.pp} stages; use at least {cfg.grid.pp}")
+
+
+def describe_keys() -> str:
+    """Every section and key with its default and help, for `mpitrain keys`."""
+    lines = []
+    for section, cls in section_classes().items():
+        lines.append(f"[{section}]")
+        for f in fields(cls):
+            default = f.default_factory() if callable(f.default_factory) else f.default
+            lines.append(f"  {f.name} = {default!r:<14}  {f.metadata.get('help', '')}")
+    return "\n".join(lines)
