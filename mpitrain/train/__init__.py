@@ -1,0 +1,1 @@
+"""Training: optimizer and schedule, the step loop over the parallel engines, evaluation."""
