@@ -6,7 +6,7 @@ import sys
 
 from .errors import UsageError
 
-COMMANDS = ["plan", "selfcheck", "keys"]
+COMMANDS = ["train", "prepare", "plan", "selfcheck", "keys"]
 
 
 def _module(name: str):
@@ -31,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0].endswith(".toml"):
+        argv = ["train"] + argv  # `python -m mpitrain [JOB.toml]` trains
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()

@@ -100,3 +100,21 @@ def agree_or_exit(step, comm=None):
             sys.stderr.flush()
         sys.exit(2)
     return result
+
+
+def on_root_or_exit(step, comm, root: int = 0):
+    """Run `step()` on `root` only and broadcast its result; a UsageError there is
+    printed once by `root` and every rank exits with code 2 (no traceback, no hang)."""
+    error = result = None
+    if comm.Get_rank() == root:
+        try:
+            result = step()
+        except UsageError as e:
+            error = e
+    failed, result = comm.bcast((error is not None, result), root=root)
+    if failed:
+        if comm.Get_rank() == root:
+            sys.stderr.write(f"mpitrain: error: {error}\n")
+            sys.stderr.flush()
+        sys.exit(2)
+    return result

@@ -36,6 +36,7 @@ class NerH5Dataset:
         self.labels: list[str] = json.loads(f.attrs["labels"])
         self.pad_id = int(f.attrs["pad_id"])
         self.max_len = int(f.attrs["max_len"])
+        self.label_all_subtokens = bool(f.attrs["label_all_subtokens"])
         self.offsets = f["offsets"][...]
         self.lengths = f["lengths"][...]
 

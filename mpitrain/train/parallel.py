@@ -1,0 +1,83 @@
+"""One rank's share of a dp x pp model: its pipeline stage, the data-parallel
+gradient averager for that stage, and the pipeline engine that runs both."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..dp.grad_sync import GradientAverager
+from ..pipeline.engine import PipelineEngine
+from ..pipeline.inference import forward_only
+from ..pipeline.partition import plan_partition
+from ..pipeline.stage import Stage
+
+
+class ParallelModel:
+    def __init__(self, topo, specs, loss, *, seed: int, schedule: str, partition="parameters",
+                 comm_cfg=None, sample=None):
+        """`partition`: a method name or a list of cut points; `sample`: the first
+        layer's input tuple (for partition = 'profile'); `comm_cfg`: the job's
+        [comm] section (bucket sizes, algorithm, compression)."""
+        self.topo = topo
+        self.partition = plan_partition(specs, topo.grid.pp, partition, comm=topo.pp_comm,
+                                        sample=sample, seed=seed)
+        self.stage = Stage(specs, self.partition, topo.coords.pp, seed=seed, device=topo.device)
+        named = list(self.stage.global_named_parameters())
+        self.averager = None
+        if topo.grid.dp > 1:
+            c = comm_cfg
+            self.averager = GradientAverager(
+                named, topo.dp_comm,
+                bucket_bytes=int(c.bucket_mb * 2**20), first_bucket_bytes=int(c.first_bucket_mb * 2**20),
+                algorithm=c.algorithm, crossover_bytes=c.crossover_bytes or None,
+                compress=None if c.compress == "none" else c.compress)
+            self.averager.broadcast_parameters()
+        self.engine = PipelineEngine(self.stage, topo.pp_comm, loss if self.stage.is_last else None,
+                                     schedule, grad_sync=self.averager, grad_scale=topo.grid.dp)
+
+    def named_parameters(self):
+        return list(self.stage.global_named_parameters())
+
+    def global_count(self, local_count: int) -> int:
+        """Loss terms in the global batch: this replica's count summed over replicas."""
+        if self.topo.grid.dp == 1:
+            return int(local_count)
+        return int(self.topo.dp_comm.allreduce(int(local_count)))
+
+    def train_step(self, microbatches, normalizer: int):
+        """Forward+backward of every micro-batch; gradients final on return.
+        Returns (loss_sum, count) on last stages, None elsewhere."""
+        self.stage.train()
+        return self.engine.step(microbatches, normalizer)
+
+    def clip_grad_norm_(self, max_norm: float) -> float:
+        return self.engine.clip_grad_norm_(max_norm)
+
+    def predict(self, microbatches, collect) -> list:
+        """Forward only; `collect(output, mb)` results on the last stage, [] elsewhere."""
+        return forward_only(self.stage, self.engine.p2p, microbatches, collect)
+
+    def gather_state(self, root: int = 0) -> dict | None:
+        """Every parameter and buffer under its global name, on world rank `root`
+        (collected from replica 0 of each stage); None elsewhere."""
+        topo = self.topo
+        mine = None
+        if topo.coords.dp == 0 and topo.coords.tp == 0:
+            mine = {k: v.detach().cpu() for k, v in self.stage.global_state_dict().items()}
+        parts = topo.world.gather(mine, root=root)
+        if topo.rank != root:
+            return None
+        state = {}
+        for part in parts:
+            if part:
+                state.update(part)
+        return state
+
+    def close(self) -> None:
+        if self.averager is not None:
+            self.averager.close()
+
+
+def split_microbatches(indices: np.ndarray, m: int) -> list[np.ndarray]:
+    """Cut one replica's indices into m contiguous micro-batches (sizes differ by at most 1)."""
+    return [part for part in np.array_split(indices, m)]
