@@ -32,8 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0].endswith(".toml"):
-        argv = ["train"] + argv  # `python -m mpitrain [JOB.toml]` trains
+    if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help")):
+        argv = ["train"] + argv  # `python -m mpitrain [JOB.toml] [--set ...]` trains
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()

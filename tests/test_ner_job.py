@@ -1,0 +1,117 @@
+"""The NER job end to end: the default job on 4 ranks, a short WikiANN fine-tune,
+the prepare command, bad input, and the exported model."""
+import json
+import os
+
+import pytest
+
+from mpirun import SHARED, run_mpi, run_py
+
+WIKIANN = SHARED / "data" / "wikiann-en"
+
+
+def metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("default")
+    result = run_mpi(4, ["-m", "mpitrain", "--set", f'job.run_dir="{tmp}/run"',
+                         "--set", f'data.prepared_dir="{tmp}/prep"'], timeout=420)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return tmp / "run", result
+
+
+def test_default_job_on_4_ranks_reaches_f1_090(default_run):
+    run_dir, result = default_run
+    lines = metrics(run_dir)
+    assert len(lines) == 4
+    assert lines[-1]["dev"]["f1"] >= 0.9, lines[-1]
+    assert lines[-1]["train_loss"] < lines[0]["train_loss"]
+    assert "dp 2 x pp 2" in result.stdout
+    assert result.stdout.count("micro avg") == 5  # a seqeval report per epoch, then test
+    test = json.loads((run_dir / "eval_test.json").read_text())
+    assert test["f1"] >= 0.85 and set(test["per_type"]) == {"PER", "ORG", "LOC"}
+    assert (run_dir / "model" / "model.safetensors").is_file()
+
+
+def test_exported_default_model_runs_in_transformers(default_run):
+    transformers = pytest.importorskip("transformers")
+    import torch
+
+    from mpitrain.layers import build_layer, run_layers
+    from mpitrain.models.bert import bert_token_classifier_layers
+    from mpitrain.models.hf_export import load_exported
+
+    model_dir = default_run[0] / "model"
+    config, labels, weights = load_exported(model_dir)
+    assert labels == ["O", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-PER", "I-PER"]
+    ours = [build_layer(s, 0).eval() for s in bert_token_classifier_layers(config, len(labels), weights=weights)]
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    theirs = transformers.AutoModelForTokenClassification.from_pretrained(model_dir).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(model_dir)
+    enc = tok(["alice smith flew to paris for acme corp", "the mayor of berlin spoke"], padding=True,
+              return_tensors="pt")
+    with torch.no_grad():
+        a = run_layers(ours, (enc["input_ids"], enc["attention_mask"]))
+        b = theirs(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
+    real = enc["attention_mask"].bool()
+    assert torch.allclose(a[real], b[real], atol=1e-4)
+    assert torch.equal(a[real].argmax(-1), b[real].argmax(-1))
+    assert theirs.config.id2label[5] == "B-PER"
+
+
+def wikiann_run(tmp, lr, epochs, n=2):
+    return run_mpi(n, ["-m", "mpitrain", "jobs/bert_ner_wikiann.toml", "--set", f"grid.dp={n}",
+                       "--set", f'data.dir="{WIKIANN}"', "--set", "data.limit=320",
+                       "--set", f"train.lr={lr}", "--set", f"train.epochs={epochs}",
+                       "--set", f'job.run_dir="{tmp}/run"', "--set", f'data.prepared_dir="{tmp}/prep"'],
+                   timeout=600)
+
+
+def test_short_wikiann_run_learns(tmp_path):
+    assert WIKIANN.is_dir(), f"{WIKIANN} is missing"
+    trained = wikiann_run(tmp_path / "a", 2e-4, 2)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    untrained = wikiann_run(tmp_path / "b", 0.0, 1)
+    assert untrained.returncode == 0, untrained.stderr[-3000:]
+    lines = metrics(tmp_path / "a" / "run")
+    assert lines[1]["train_loss"] < lines[0]["train_loss"]
+    f1 = lines[-1]["dev"]["f1"]
+    f1_untrained = metrics(tmp_path / "b" / "run")[-1]["dev"]["f1"]
+    assert f1 > f1_untrained + 0.15, (f1, f1_untrained)
+
+
+def test_prepare_command_reuses_files(tmp_path):
+    args = ["-m", "mpitrain", "prepare", "jobs/test_tiny_ner.toml", "--set", f'data.prepared_dir="{tmp_path}"']
+    first = run_py(args, timeout=120)
+    assert first.returncode == 0, first.stderr
+    assert "train:     200 sentences" in first.stdout and "labels: O B-LOC" in first.stdout
+    stamp = (tmp_path / "train.h5").stat().st_mtime_ns
+    again = run_py(args, timeout=120)
+    assert again.returncode == 0 and (tmp_path / "train.h5").stat().st_mtime_ns == stamp
+
+
+def test_missing_data_dir_is_one_line_exit_2(tmp_path):
+    result = run_mpi(2, ["-m", "mpitrain", "jobs/bert_ner_wikiann.toml", "--set", "grid.dp=2",
+                         "--set", f'data.dir="{tmp_path}/nowhere"', "--set", f'job.run_dir="{tmp_path}/run"',
+                         "--set", f'data.prepared_dir="{tmp_path}/prep"'], timeout=120)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mpitrain: error: ") and "file not found" in lines[0]
+
+
+def test_bad_tag_in_dev_names_file_and_line(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train").write_text("en:Anna\tB-PER\nen:sings\tO\n\nen:Paris\tB-LOC\n")
+    (data / "dev").write_text("en:Bob\tB-PER\n\nen:Acme\tB-MISC\n")
+    (data / "test").write_text("en:Bob\tB-PER\n")
+    result = run_mpi(2, ["-m", "mpitrain", "jobs/bert_ner_wikiann.toml", "--set", "grid.dp=2",
+                         "--set", f'data.dir="{data}"', "--set", f'job.run_dir="{tmp_path}/run"',
+                         "--set", f'data.prepared_dir="{tmp_path}/prep"'], timeout=120)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert f"{data / 'dev'}:3:" in lines[0] and "B-MISC" in lines[0]
