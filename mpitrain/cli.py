@@ -6,7 +6,7 @@ import sys
 
 from .errors import UsageError
 
-COMMANDS = ["train", "prepare", "plan", "selfcheck", "keys"]
+COMMANDS = ["train", "prepare", "plan", "selfcheck", "bench", "keys"]
 
 
 def _module(name: str):
@@ -23,7 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         mod = _module(name)
-        p = sub.add_parser(name, help=mod.HELP, description=mod.__doc__)
+        p = sub.add_parser(name, help=mod.HELP, description=mod.__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         mod.add_arguments(p)
         p.set_defaults(run=mod.run)
     return parser
