@@ -112,3 +112,13 @@ def test_plan_prints_groups(tmp_path):
     assert "8 ranks = dp 4 x pp 2 x tp 1, 2 node(s) x 4 ranks" in result.stdout
     assert "  0: ranks [0, 1, 2, 3]" in result.stdout and "  3: ranks [3, 7]" in result.stdout
     assert "   5    1   1   0     1     1  cuda:1" in result.stdout
+
+
+def test_plan_shows_each_stage_layers_and_parameters():
+    result = run_py(["-m", "mpitrain", "plan", "jobs/bert_ner_wikiann.toml", "--set", "grid.pp=2",
+                     "-n", "2"], timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "6 encoder layers, hidden 384, 7 labels, 22,568,071 parameters" in result.stdout
+    assert "8 layers -> 2 stages" in result.stdout
+    rows = [l.split() for l in result.stdout.splitlines() if l.strip().startswith(("0  ", "1  "))][-2:]
+    assert int(rows[0][-1]) + int(rows[1][-1]) == 22_568_071
