@@ -6,8 +6,9 @@ from __future__ import annotations
 import argparse
 import importlib
 
-HELP = "benchmarks against peers: allreduce, dp (training vs DDP), pipeline"
-BENCHES = {"allreduce": "allreduce", "dp": "dp_training", "pipeline": "pipeline"}
+HELP = "benchmarks against peers: allreduce, dp (training vs DDP), pipeline, ner-reference"
+BENCHES = {"allreduce": "allreduce", "dp": "dp_training", "pipeline": "pipeline",
+           "ner-reference": "ner_reference"}
 
 
 def add_arguments(parser) -> None:
