@@ -1,0 +1,254 @@
+"""All-reduce dispatch per communicator: our ring, the MPI library's, or either by size.
+
+``AllReducer(comm, algorithm)``:
+
+* ``"ring"``: ``mpitrain.comm.ring`` (pipelined, in place; optional wire compression).
+* ``"mpi"``: ``MPI_Allreduce`` / ``MPI_Iallreduce`` in place (16-bit floats through a
+  user-defined op, on host memory).
+* ``"auto"``: ``mpi`` below ``crossover_bytes``, ``ring`` at or above it. The crossover
+  is given (job file) or measured once, here, on this communicator: both algorithms
+  are timed at a few sizes, the slowest rank's time counts, and every rank derives
+  the same crossover from the same numbers.
+
+Compression (``compress="fp16"|"bf16"``) applies to ring transfers of float32/float64
+tensors: messages carry 16-bit values, the sums are formed in the tensor's dtype.
+Messages that go through ``mpi`` are not compressed.
+
+With ``check=True`` every call first agrees on (numel, dtype) with one small
+``MPI_Allreduce``; a rank passing something different gets a ``UsageError`` on
+every rank instead of a hang. Callers that fixed the layout beforehand (e.g.
+``GradientAverager``) turn it off.
+
+Device (CUDA) tensors go to MPI directly when it is CUDA-aware; otherwise they are
+copied into a reused pinned host buffer when the reduction starts and back when it
+is waited for (``device_buffers``).
+
+``iallreduce_`` returns a handle whose ``wait()`` completes it; ring transfers also
+advance whenever ``progress()`` is called (or any handle of this reducer waits). All
+ranks must start their all-reduces on one reducer in the same order.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from mpi4py import MPI
+
+from mpitrain.comm import device_buffers as dev
+from mpitrain.comm.mpi_ops import MpiAllreduce, mpi_allreduce_
+from mpitrain.comm.ring import DEFAULT_CHUNK_BYTES, DEFAULT_WINDOW, RingAllreduce, Scratch
+from mpitrain.errors import UsageError
+
+ALGORITHMS = ("ring", "mpi", "auto")
+COMPRESS = {None: None, "none": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+DTYPE_CODES = {torch.float32: 1, torch.float64: 2, torch.float16: 3, torch.bfloat16: 4,
+               torch.int32: 5, torch.int64: 6}
+# Probed sizes for the crossover. Above 8 MiB the ring has been at least even with
+# MPI_Allreduce wherever we measured, and it overlaps with computation much better
+# (its chunks advance on every poll), so the measured crossover is at most 16 MiB.
+PROBE_BYTES = (4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20, 4 << 20, 8 << 20)
+
+
+class Handle:
+    """An all-reduce in flight; ``wait()`` returns the reduced tensor."""
+
+    def __init__(self, reducer, op, tensor, finish=None, scratch=None):
+        self._reducer, self._op, self.tensor, self._finish = reducer, op, tensor, finish
+        self._scratch = scratch
+        self.done = op is None
+
+    def test(self) -> bool:
+        if not self.done:
+            self.done = self._op.progress()
+            if self.done:
+                self._complete()
+        return self.done
+
+    def wait(self) -> torch.Tensor:
+        if not self.done:
+            self._reducer._wait_for(self)
+        return self.tensor
+
+    def _complete(self):
+        self.done = True
+        self._reducer._active.remove(self)
+        if self._scratch is not None:
+            self._reducer._scratch_free.append(self._scratch)
+            self._scratch = None
+        if self._finish is not None:
+            self._finish()
+            self._finish = None
+
+
+class AllReducer:
+    """In-place all-reduce on one communicator (its own duplicate, so tags never clash)."""
+
+    def __init__(self, comm, algorithm: str = "auto", crossover_bytes: int | None = None,
+                 compress: str | None = None, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+                 window: int = DEFAULT_WINDOW, check: bool = True):
+        if algorithm not in ALGORITHMS:
+            raise UsageError(f"AllReducer: algorithm={algorithm!r} is unknown; use one of {', '.join(ALGORITHMS)}")
+        if compress not in COMPRESS:
+            raise UsageError(f"AllReducer: compress={compress!r} is unknown; use fp16, bf16 or none")
+        if chunk_bytes < 1024:
+            raise UsageError(f"AllReducer: chunk_bytes={chunk_bytes} is too small; use at least 1024")
+        if crossover_bytes is not None and crossover_bytes < 0:
+            raise UsageError(f"AllReducer: crossover_bytes={crossover_bytes} is negative; give a size >= 0")
+        self.comm = comm.Dup()
+        self.size, self.rank = self.comm.Get_size(), self.comm.Get_rank()
+        self.algorithm = algorithm
+        self.wire = COMPRESS[compress]
+        self.chunk_bytes, self.window, self.check = chunk_bytes, window, check
+        self._scratch_free: list[Scratch] = [Scratch()]
+        self.stager = dev.PinnedStager()
+        self._active: list[Handle] = []
+        self._seq = 0
+        self._tag_span = max(2 * (self.size - 1), 1)
+        self._tag_slots = max(1, (self.comm.Get_attr(MPI.TAG_UB) or 32767) // self._tag_span)
+        self.crossover_bytes = crossover_bytes
+        if algorithm == "auto" and crossover_bytes is None:
+            self.crossover_bytes = self.measure_crossover() if self.size > 1 else 0
+
+    # -- public -----------------------------------------------------------
+    def allreduce_(self, tensor: torch.Tensor, average: bool = False) -> torch.Tensor:
+        """Sum (or mean) ``tensor`` over the communicator, in place; blocks."""
+        if (self.size > 1 and not self._active and self.algorithm != "ring" and not dev.is_device_tensor(tensor)
+                and (self.algorithm == "mpi" or tensor.numel() * tensor.element_size() < self.crossover_bytes)
+                and tensor.is_contiguous()):
+            self._validate(tensor, average)
+            if self.check:
+                self.check_agreement(tensor)
+            return mpi_allreduce_(self.comm, tensor, average)
+        return self.iallreduce_(tensor, average).wait()
+
+    def iallreduce_(self, tensor: torch.Tensor, average: bool = False) -> Handle:
+        """Start the all-reduce; the tensor must not be touched until ``wait()`` returns."""
+        self._validate(tensor, average)
+        if self.check:
+            self.check_agreement(tensor)
+        if self.size == 1 or tensor.numel() == 0:
+            return Handle(self, None, tensor)
+        target, finish = tensor, None
+        half_on_device = (dev.is_device_tensor(tensor) and tensor.dtype in (torch.float16, torch.bfloat16)
+                          and self.choose(tensor.numel() * tensor.element_size()) == "mpi")
+        if dev.needs_staging(tensor) or half_on_device:  # MPI's user-defined op reads host memory
+            target = self.stager.stage_in(tensor)
+            finish = lambda: self.stager.stage_out(target, tensor)  # noqa: E731
+        elif not tensor.is_contiguous():
+            target = tensor.contiguous()
+            finish = lambda: tensor.copy_(target)  # noqa: E731
+        else:
+            dev.synchronize(tensor)
+        scratch = self._scratch_free.pop() if self._scratch_free else Scratch()
+        op = self._start(target, average, scratch)
+        handle = Handle(self, op, tensor, finish, scratch)
+        self._active.append(handle)
+        return handle
+
+    def choose(self, nbytes: int) -> str:
+        """The algorithm used for a message of ``nbytes``."""
+        if self.algorithm != "auto":
+            return self.algorithm
+        return "ring" if nbytes >= self.crossover_bytes else "mpi"
+
+    def progress(self) -> None:
+        """Advance every transfer in flight without blocking."""
+        for handle in list(self._active):
+            handle.test()
+
+    def close(self) -> None:
+        for handle in list(self._active):
+            handle.wait()
+        if self.comm != MPI.COMM_NULL:
+            self.comm.Free()
+
+    # -- internals --------------------------------------------------------
+    def _validate(self, tensor, average):
+        if tensor.dtype not in DTYPE_CODES:
+            raise UsageError(f"AllReducer: dtype {tensor.dtype} is not supported; use float32, float64, "
+                             "float16, bfloat16, int32 or int64")
+        if average and not tensor.dtype.is_floating_point:
+            raise UsageError(f"AllReducer: average=True needs a floating tensor, got {tensor.dtype}; "
+                             "sum integers and divide yourself")
+
+    def check_agreement(self, tensor: torch.Tensor) -> None:
+        """Raise UsageError on every rank unless all ranks pass the same numel and dtype."""
+        code = DTYPE_CODES[tensor.dtype]
+        mine = np.array([tensor.numel(), -tensor.numel(), code, -code], dtype=np.int64)
+        agg = np.empty_like(mine)
+        self.comm.Allreduce(mine, agg, op=MPI.MAX)
+        if agg[0] == -agg[1] and agg[2] == -agg[3]:
+            return
+        every = self.comm.allgather((tensor.numel(), str(tensor.dtype).replace("torch.", "")))
+        groups: dict = {}
+        for r, sig in enumerate(every):
+            groups.setdefault(sig, []).append(r)
+        desc = "; ".join(f"rank{'s' if len(rs) > 1 else ''} {','.join(map(str, rs))}: {dt}[{n}]"
+                         for (n, dt), rs in groups.items())
+        raise UsageError(f"allreduce: ranks of the communicator pass different tensors ({desc}); "
+                         "pass the same numel and dtype on every rank")
+
+    def _start(self, tensor, average, scratch):
+        algo = self.choose(tensor.numel() * tensor.element_size())
+        if algo == "mpi":
+            return MpiAllreduce(self.comm, tensor, average)
+        tag_base = (self._seq % self._tag_slots) * self._tag_span
+        self._seq += 1
+        wire = self.wire if tensor.dtype in (torch.float32, torch.float64) else None
+        return RingAllreduce(self.comm, tensor, tag_base=tag_base, average=average,
+                             chunk_bytes=self.chunk_bytes, window=self.window, wire_dtype=wire,
+                             scratch=scratch)
+
+    def _wait_for(self, handle: Handle) -> None:
+        if len(self._active) == 1 and self._active[0] is handle:
+            handle._op.wait()
+            handle._complete()
+            return
+        while not handle.done:
+            for other in list(self._active):
+                other.test()
+                if handle.done:
+                    break
+
+    def measure_crossover(self, sizes=PROBE_BYTES, reps: int = 7) -> int:
+        """Time ring and MPI on this communicator (alternating, median of ``reps``, the
+        slowest rank's time counts) and return the threshold that loses least over the
+        probed sizes: the sum of log(time of the chosen algorithm / time of the faster one)
+        is minimal, so one noisy probe cannot move the crossover far."""
+        times = np.zeros((2, len(sizes), reps))
+        buf = torch.zeros(max(sizes) // 4, dtype=torch.float32)
+        saved, scratch = self.algorithm, self._scratch_free[0]
+        try:
+            for i, nbytes in enumerate(sizes):
+                t = buf[:nbytes // 4]
+                for rep in range(-1, reps):          # rep -1 warms up
+                    for k, algo in enumerate(("mpi", "ring")):
+                        self.algorithm = algo
+                        self.comm.Barrier()
+                        t0 = time.perf_counter()
+                        self._start(t, False, scratch).wait()
+                        if rep >= 0:
+                            times[k, i, rep] = time.perf_counter() - t0
+        finally:
+            self.algorithm = saved
+        self.comm.Allreduce(MPI.IN_PLACE, times, op=MPI.MAX)
+        return crossover_from_times(sizes, np.median(times[0], axis=1), np.median(times[1], axis=1))
+
+
+def crossover_from_times(sizes, mpi_s, ring_s) -> int:
+    """The threshold (ring at or above it) with the least summed log-loss over the probes."""
+    best_loss, best = None, 2 * sizes[-1]
+    fastest = np.minimum(mpi_s, ring_s)
+    for c in range(len(sizes) + 1):           # ring for probes c.. ; c == len(sizes): never
+        chosen = np.concatenate([mpi_s[:c], ring_s[c:]])
+        loss = float(np.sum(np.log(chosen / fastest)))
+        if best_loss is None or loss < best_loss - 1e-12:
+            best_loss = loss
+            if c == 0:
+                best = 0
+            elif c == len(sizes):
+                best = 2 * sizes[-1]
+            else:
+                best = int(np.sqrt(sizes[c - 1] * sizes[c]))
+    return best

@@ -1,0 +1,181 @@
+"""Ring / auto / mpi all-reduce against MPI_Allreduce(SUM) on every size and dtype.
+
+``mpiexec -n N python ring_check.py K[,K...]`` runs every check on a communicator
+of the first K ranks (split from COMM_WORLD, so not only COMM_WORLD is used) for
+each K; the other ranks sleep meanwhile. Rank 0 prints ``RING_OK K <checks>`` per K.
+With more than 3 ranks (oversubscribed, slow) fewer dtype combinations are run.
+"""
+import hashlib
+import sys
+import time
+
+import numpy as np
+import torch
+from mpi4py import MPI
+
+from mpitrain.comm import device_buffers as dev
+from mpitrain.comm.allreduce import AllReducer
+from mpitrain.comm.ring import ring_allreduce_
+
+WORLD = MPI.COMM_WORLD
+comm, rank, n = None, 0, 0      # the communicator under test, set per K below
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+TOL = {torch.float32: 1e-5, torch.float64: 1e-12, torch.float16: 2e-2, torch.bfloat16: 1e-1}
+checks = 0
+
+
+def fail(msg):
+    print(f"rank {rank}: FAIL (K={n}) {msg}", flush=True)
+    WORLD.Abort(1)
+
+
+def data(numel, dtype, integer, salt=0):
+    g = torch.Generator().manual_seed(1000 * rank + numel + salt)
+    if integer:
+        return torch.randint(-8, 9, (numel,), generator=g).to(dtype)
+    return torch.randn(numel, generator=g, dtype=torch.float64).to(dtype)
+
+
+def reference(x):
+    ref = x.double().numpy().copy()
+    comm.Allreduce(MPI.IN_PLACE, ref, op=MPI.SUM)
+    return ref
+
+
+def same_on_all_ranks(t):
+    digest = hashlib.sha256(t.contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
+    return len(set(comm.allgather(digest))) == 1
+
+
+def check(name, got, ref, exact, dtype, scale=1.0):
+    global checks
+    checks += 1
+    g = got.double().reshape(-1).numpy()
+    if exact:
+        if not np.array_equal(g, ref * scale):
+            fail(f"{name}: not exact, max err {np.abs(g - ref * scale).max()}")
+    else:
+        tol = TOL[dtype] * max(1.0, float(np.abs(ref).max(initial=0.0))) * n
+        if g.size and np.abs(g - ref * scale).max() > tol:
+            fail(f"{name}: max err {np.abs(g - ref * scale).max()} > {tol}")
+    if not same_on_all_ranks(got):
+        fail(f"{name}: ranks disagree bitwise")
+
+
+def run_checks():
+    SIZES = sorted({0, 1, n - 1, n, n + 1, 2 * n + 1, 1000, 4099, 20011})
+    # 1. raw ring, many chunks and windows, integer-valued (exact) and random data
+    for dtype in DTYPES:
+        for numel in SIZES:
+            for integer in (True, False) if (n <= 3 or dtype == torch.float32) else (True,):
+                x = data(numel, dtype, integer)
+                ref = reference(x)
+                configs = [(1024, 2)] + ([(1 << 20, 3)] if dtype == torch.float32 else [])
+                for chunk, window in configs:
+                    y = x.clone()
+                    ring_allreduce_(comm, y, chunk_bytes=chunk, window=window)
+                    check(f"ring {dtype} n={numel} int={integer} chunk={chunk}", y, ref, integer, dtype)
+                if not integer and numel:
+                    again = x.clone()
+                    ring_allreduce_(comm, again, chunk_bytes=1024, window=2)
+                    if not torch.equal(again.view(torch.uint8), y.view(torch.uint8)):
+                        fail(f"ring {dtype} n={numel}: repeated run differs")
+
+    # 2. AllReducer: every algorithm, average, compression, 2-D and non-contiguous input
+    reducers = {
+        "ring": AllReducer(comm, "ring", chunk_bytes=1024),
+        "mpi": AllReducer(comm, "mpi"),
+        "auto": AllReducer(comm, "auto", crossover_bytes=4096, chunk_bytes=2048),
+    }
+    for name, red in reducers.items():
+        for dtype in DTYPES if n <= 3 else (torch.float32, torch.bfloat16):
+            for numel in (0, n + 1, 20011):
+                x = data(numel, dtype, True, salt=7)
+                ref = reference(x)
+                y = x.clone()
+                red.allreduce_(y)
+                check(f"{name} sum {dtype} {numel}", y, ref, True, dtype)
+                y = x.clone()
+                red.allreduce_(y, average=True)
+                check(f"{name} mean {dtype} {numel}", y, ref, False, dtype, scale=1.0 / n)
+        m = data(6 * 10, torch.float32, True, salt=3).view(6, 10)
+        ref = reference(m.t().contiguous()).reshape(10, 6)
+        mt = m.t()
+        red.allreduce_(mt)
+        check(f"{name} non-contiguous", mt.contiguous(), ref.reshape(-1), True, torch.float32)
+
+    # auto really uses both paths
+    if reducers["auto"].choose(4095) != "mpi" or reducers["auto"].choose(4096) != "ring":
+        fail("auto does not switch at the given crossover")
+    if n <= 3:
+        measured = AllReducer(comm, "auto")
+        if len(set(comm.allgather(measured.crossover_bytes))) != 1:
+            fail("measured crossover differs between ranks")
+
+    # 3. compression: exact on small integers, close on random data, bitwise equal across ranks
+    for wire in ("fp16", "bf16"):
+        red = AllReducer(comm, "ring", compress=wire, chunk_bytes=1024)
+        for numel in (1, n + 1, 1000, 20011):
+            x = data(numel, torch.float32, True, salt=11)
+            ref = reference(x)
+            y = x.clone()
+            red.allreduce_(y)
+            check(f"compress {wire} int {numel}", y, ref, True, torch.float32)
+            x = data(numel, torch.float32, False, salt=13)
+            ref = reference(x)
+            y = x.clone()
+            red.allreduce_(y, average=True)
+            check(f"compress {wire} random {numel}", y, ref, False,
+                  torch.float16 if wire == "fp16" else torch.bfloat16, scale=1.0 / n)
+
+    # 4. several non-blocking reductions in flight, waited in a rank-dependent order
+    red = AllReducer(comm, "auto", crossover_bytes=4096, chunk_bytes=1024)
+    xs = [data(k, torch.float32, True, salt=k) for k in (10, 5000, 3, 12000, 7000)]
+    refs = [reference(x) for x in xs]
+    ys = [x.clone() for x in xs]
+    handles = [red.iallreduce_(y) for y in ys]
+    order = list(range(len(handles)))
+    if rank % 2:
+        order.reverse()
+    for i in order:
+        handles[i].wait()
+    for y, ref in zip(ys, refs):
+        check("iallreduce in flight", y, ref, True, torch.float32)
+
+    # 5. staging path for device memory, with the device check faked
+
+    real_is_dev, real_aware = dev.is_device_tensor, dev.cuda_aware
+    dev.is_device_tensor = lambda t: True
+    try:
+        for algo in ("ring", "mpi"):
+            for aware in (False, True):
+                dev.cuda_aware = lambda aware=aware: aware
+                red = AllReducer(comm, algo, chunk_bytes=1024)
+                for numel in (1000, 700):
+                    x = data(numel, torch.float32, True, salt=5)
+                    ref = reference(x)
+                    y = x.clone()
+                    red.allreduce_(y)
+                    check(f"device {algo} aware={aware}", y, ref, True, torch.float32)
+                expected = 0 if aware or n == 1 else 1
+                if red.stager.allocations != expected:
+                    fail(f"{algo} aware={aware}: {red.stager.allocations} staging allocations, expected {expected}")
+    finally:
+        dev.is_device_tensor, dev.cuda_aware = real_is_dev, real_aware
+
+
+def sleep_until(req):
+    while not req.Test():
+        time.sleep(0.002)
+
+
+for k in [int(v) for v in sys.argv[1].split(",")]:
+    sub = WORLD.Split(0 if WORLD.Get_rank() < k else MPI.UNDEFINED, WORLD.Get_rank())
+    if sub != MPI.COMM_NULL:
+        comm, rank, n, checks = sub, sub.Get_rank(), sub.Get_size(), 0
+        run_checks()
+        if rank == 0:
+            print(f"RING_OK {k} {checks}", flush=True)
+        sub.Free()
+    sleep_until(WORLD.Ibarrier())
+sys.exit(0)
