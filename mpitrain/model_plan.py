@@ -29,13 +29,21 @@ def _labels_and_tokenizer(cfg, tmp: Path) -> tuple[int, str | None]:
     return 7, None  # O + B/I for PER, ORG, LOC until the data is there
 
 
+def has_model(cfg) -> bool:
+    """A job describes a model once it names pretrained weights, or a from-scratch
+    model whose vocabulary is known (synthetic data or [model] vocab_size)."""
+    return bool(cfg.model.pretrained) or cfg.data.source == "synthetic" or cfg.model.vocab_size > 0
+
+
 def describe_stages(cfg) -> list[str]:
+    if not has_model(cfg):
+        return []
     from .ner import task
     from .pipeline.partition import partition
 
     with tempfile.TemporaryDirectory() as tmp:
         num_labels, tokenizer_dir = _labels_and_tokenizer(cfg, Path(tmp))
-        config, specs = task.model_specs(cfg, num_labels, tokenizer_dir or "")
+        config, specs = task.model_specs(cfg, num_labels, tokenizer_dir or ".")
         p = cfg.pipeline
         method = list(p.cuts) if p.partition == "cuts" else p.partition
         sample = None
