@@ -6,7 +6,7 @@ from mpirun import run_mpi
 
 def test_bench_pipeline_writes_rows(tmp_path):
     out = tmp_path / "rows.json"
-    proc = run_mpi(2, ["-m", "mpitrain.bench.pipeline", "--hidden", "32", "--seq", "8", "--batch", "2",
+    proc = run_mpi(2, ["-m", "mpitrain", "bench", "pipeline", "--hidden", "32", "--seq", "8", "--batch", "2",
                        "--reps", "2", "--warmup", "1", "--json", out], timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     rows = json.loads(out.read_text())

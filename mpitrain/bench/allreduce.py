@@ -21,12 +21,10 @@ like MPI_Allreduce itself.
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import socket
 import statistics
-import sys
 import time
 
 import numpy as np
@@ -214,21 +212,3 @@ def summarize(rows, memcpy: float) -> None:
         if ring and ring["ranks"] > 1:
             parts.append(f"ring busbw/memcpy {ring['busbw_gbps'] / memcpy:.0%}")
         print(f"# {format_size(nbytes):>8}: " + ", ".join(parts), flush=True)
-
-
-def main(argv=None) -> int:
-    import argparse
-    parser = argparse.ArgumentParser(prog="python -m mpitrain.bench.allreduce", description=HELP)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except UsageError as err:
-        if MPI.COMM_WORLD.Get_rank() == 0:
-            print(f"error: {err}", file=sys.stderr)
-        return err.exit_code
-
-
-if __name__ == "__main__":
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    sys.exit(main())

@@ -17,9 +17,7 @@ load hits both alike. Reported (medians over repetitions):
 from __future__ import annotations
 
 import json
-import os
 import statistics
-import sys
 import time
 
 import torch
@@ -176,21 +174,3 @@ def run(args) -> int:
     averager.close()
     dist.destroy_process_group()
     return 0
-
-
-def main(argv=None) -> int:
-    import argparse
-    parser = argparse.ArgumentParser(prog="python -m mpitrain.bench.dp_training", description=HELP)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except UsageError as err:
-        if MPI.COMM_WORLD.Get_rank() == 0:
-            print(f"error: {err}", file=sys.stderr)
-        return err.exit_code
-
-
-if __name__ == "__main__":
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    sys.exit(main())

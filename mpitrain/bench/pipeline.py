@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import sys
 import time
 
 import torch
@@ -278,20 +277,3 @@ def format_rows(rows, args) -> str:
                      f"{r['bubble_ideal']:>6.3f} {r['peak_activation_bytes'] / 2**20:>12.2f} {vs:>9}")
     lines.append("step/ideal and vs torch: medians of per-repetition ratios (torch step / mpitrain step)")
     return "\n".join(lines)
-
-
-def main(argv=None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m mpitrain.bench.pipeline", description=HELP)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except UsageError as exc:
-        sys.stderr.write(f"mpitrain: error: {exc}\n")
-        return exc.exit_code
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -3,7 +3,6 @@ gradient averager for that stage, and the pipeline engine that runs both."""
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from ..dp.grad_sync import GradientAverager
 from ..pipeline.engine import PipelineEngine

@@ -4,7 +4,6 @@ usage: ner_layout_train.py OUT.npz JOB.toml [--set k=v ...]"""
 import sys
 
 import numpy as np
-import torch
 
 from mpitrain.failure import on_root_or_exit
 from mpitrain.ner import task
