@@ -115,3 +115,10 @@ def test_bad_tag_in_dev_names_file_and_line(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, lines
     assert f"{data / 'dev'}:3:" in lines[0] and "B-MISC" in lines[0]
+
+
+def test_prepare_under_mpiexec_works_once(tmp_path):
+    result = run_mpi(2, ["-m", "mpitrain", "prepare", "jobs/test_tiny_ner.toml",
+                         "--set", f'data.prepared_dir="{tmp_path}"'], timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("labels: O") == 1 and (tmp_path / "test.h5").is_file()

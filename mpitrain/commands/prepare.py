@@ -16,14 +16,18 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from ..failure import install_failure_handler
+    from mpi4py import MPI
+
+    from ..failure import install_failure_handler, on_root_or_exit
+    from ..ner import task
+    from ..ner.dataset import NerH5Dataset
 
     install_failure_handler()
-    cfg = agree_or_exit(lambda: load_job(args.job, args.set))
-    from ..ner import task
-
-    data = task.prepare(cfg)
-    from ..ner.dataset import NerH5Dataset
+    world = MPI.COMM_WORLD
+    cfg = agree_or_exit(lambda: load_job(args.job, args.set), world)
+    data = on_root_or_exit(lambda: task.prepare(cfg), world)
+    if world.Get_rank() != 0:
+        return 0
 
     print(f"labels: {' '.join(data.labels)}")
     for split, path in data.paths.items():
