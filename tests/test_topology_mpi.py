@@ -30,3 +30,13 @@ def test_selfcheck_single_rank_without_mpiexec():
     result = run_py(["-m", "mpitrain", "selfcheck"], timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "selfcheck passed" in result.stdout
+
+
+def test_rank_logs_and_quiet_ranks(tmp_path):
+    result = run_mpi(2, ["-m", "mpitrain", "selfcheck", "--set", "grid.dp=2", "--set", "runtime.rank_logs=true",
+                         "--set", f'job.run_dir="{tmp_path}"'], timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "[rank 1]" not in result.stdout  # only rank 0 speaks by default
+    logs = sorted(p.name for p in (tmp_path / "logs").iterdir())
+    assert logs == ["rank-0.log", "rank-1.log"]
+    assert "selfcheck passed" in (tmp_path / "logs" / "rank-0.log").read_text()
