@@ -116,9 +116,17 @@ def test_plan_prints_groups(tmp_path):
 
 def test_plan_shows_each_stage_layers_and_parameters():
     result = run_py(["-m", "mpitrain", "plan", "jobs/bert_ner_wikiann.toml", "--set", "grid.pp=2",
-                     "-n", "2"], timeout=120)
+                     "--set", 'pipeline.partition="parameters"', "-n", "2"], timeout=120)
     assert result.returncode == 0, result.stderr
     assert "6 encoder layers, hidden 384, 7 labels, 22,568,071 parameters" in result.stdout
     assert "8 layers -> 2 stages" in result.stdout
     rows = [l.split() for l in result.stdout.splitlines() if l.strip().startswith(("0  ", "1  "))][-2:]
     assert int(rows[0][-1]) + int(rows[1][-1]) == 22_568_071
+
+
+def test_plan_profile_shows_measured_times():
+    result = run_py(["-m", "mpitrain", "plan", "jobs/default.toml", "--set", 'pipeline.partition="profile"'],
+                    timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "pipeline partition (profile): 4 layers -> 2 stages" in result.stdout
+    assert "fwd+bwd ms" in result.stdout

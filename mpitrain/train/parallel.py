@@ -18,6 +18,8 @@ class ParallelModel:
         layer's input tuple (for partition = 'profile'); `comm_cfg`: the job's
         [comm] section (bucket sizes, algorithm, compression)."""
         self.topo = topo
+        if topo.grid.pp == 1:
+            partition = "uniform"  # one stage holds every layer; nothing to balance or measure
         self.partition = plan_partition(specs, topo.grid.pp, partition, comm=topo.pp_comm,
                                         sample=sample, seed=seed)
         self.stage = Stage(specs, self.partition, topo.coords.pp, seed=seed, device=topo.device)
