@@ -14,10 +14,12 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 import traceback
 
 from .errors import UsageError
 
+ABORT_GRACE_SECONDS = 0.5
 _describe = None  # callable returning "rank R (dp=., pp=., tp=.)" once a topology exists
 
 
@@ -58,6 +60,9 @@ def abort(code: int, message: str) -> None:
     sys.stdout.flush()
     mpi = _mpi()
     if mpi is not None and mpi.COMM_WORLD.Get_size() > 1:
+        # Give the launcher a moment to forward the message: once MPI_Abort
+        # runs, it kills every rank and may drop output still in its pipes.
+        time.sleep(ABORT_GRACE_SECONDS)
         mpi.COMM_WORLD.Abort(code)
     os._exit(code)
 

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..errors import UsageError
 from .metrics import align_predictions, ner_report
@@ -138,8 +137,7 @@ def export(model, config, labels, tokenizer_dir, out_dir, topo) -> str | None:
     state = model.gather_state(root=0)
     if topo.rank != 0:
         return None
-    params = {k: v for k, v in state.items()}
-    return str(export_hf(out_dir, config, params, labels, tokenizer_dir))
+    return str(export_hf(out_dir, config, state, labels, tokenizer_dir))
 
 
 def write_json(path: Path, obj) -> None:
@@ -150,7 +148,3 @@ def write_json(path: Path, obj) -> None:
 
 def summary(report: dict) -> dict:
     return {k: report[k] for k in ("precision", "recall", "f1", "support")}
-
-
-def to_device_batch(batch, device):
-    return tuple(t.to(device) if torch.is_tensor(t) else t for t in batch)

@@ -18,25 +18,6 @@ from pipe_model import SGD, TIED, TokenLoss, microbatches, model_specs, referenc
 from mpitrain.pipeline import PipelineEngine, Stage, plan_partition, reduce_metrics
 
 
-class PlainAverager:
-    """Gradient averaging over dp with a blocking Allreduce in `wait`; used only if
-    mpitrain.dp.grad_sync.GradientAverager is not available."""
-
-    def __init__(self, named_params, comm):
-        self.params = [p for _, p in named_params]
-        self.comm = comm
-
-    @contextmanager
-    def no_sync(self):
-        yield
-
-    def wait(self):
-        for p in self.params:
-            buf = p.grad.detach().numpy()
-            self.comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
-            p.grad.div_(self.comm.Get_size())
-
-
 class NoSyncCheck:
     """Wraps a gradient averager and checks the engine's contract: in each step every
     backward but the last runs inside `no_sync`."""
@@ -65,10 +46,8 @@ class NoSyncCheck:
 
 
 def make_averager(named, comm):
-    try:
-        from mpitrain.dp.grad_sync import GradientAverager
-    except ImportError:
-        return NoSyncCheck(PlainAverager(named, comm), named)
+    from mpitrain.dp.grad_sync import GradientAverager
+
     return NoSyncCheck(GradientAverager(named, comm, algorithm="ring"), named)
 
 
