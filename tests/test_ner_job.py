@@ -41,8 +41,8 @@ def test_exported_default_model_runs_in_transformers(default_run):
     import torch
 
     from mpitrain.layers import build_layer, run_layers
-    from mpitrain.models.bert import bert_token_classifier_layers
-    from mpitrain.models.hf_export import load_exported
+    from mpitrain.tasks.ner.bert import bert_token_classifier_layers
+    from mpitrain.tasks.ner.hf_export import load_exported
 
     model_dir = default_run[0] / "model"
     config, labels, weights = load_exported(model_dir)

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from mpitrain.ner.metrics import align_predictions, ner_report
+from mpitrain.tasks.ner.metrics import align_predictions, ner_report
 
 LABELS = ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]
 I = -100

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from mpitrain.errors import DataError, UsageError
-from mpitrain.ner import prepare as prep
-from mpitrain.ner.conll import read_conll
-from mpitrain.ner.prepare import collect_labels, prepare_all, prepare_split
-from mpitrain.ner.tokenize import IGNORE, load_tokenizer
+from mpitrain.tasks.ner import prepare as prep
+from mpitrain.tasks.ner.conll import read_conll
+from mpitrain.tasks.ner.prepare import collect_labels, prepare_all, prepare_split
+from mpitrain.tasks.ner.tokenize import IGNORE, load_tokenizer
 
 WIKIANN = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "wikiann-en"
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "jo", "##hn", "##s", "lives", "in", "new",

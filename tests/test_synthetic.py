@@ -5,11 +5,11 @@ import re
 import pytest
 
 from mpitrain.errors import UsageError
-from mpitrain.ner.conll import read_conll
-from mpitrain.ner.dataset import NerH5Dataset
-from mpitrain.ner.prepare import collect_labels, prepare_all
-from mpitrain.ner.synthetic import write_synthetic_corpus
-from mpitrain.ner.tokenize import load_tokenizer
+from mpitrain.tasks.ner.conll import read_conll
+from mpitrain.tasks.ner.dataset import NerH5Dataset
+from mpitrain.tasks.ner.prepare import collect_labels, prepare_all
+from mpitrain.tasks.ner.synthetic import write_synthetic_corpus
+from mpitrain.tasks.ner.tokenize import load_tokenizer
 
 LINE = re.compile(r"^en:\S+\t(O|[BI]-(PER|ORG|LOC))$")
 

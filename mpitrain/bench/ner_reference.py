@@ -33,10 +33,10 @@ def run(args) -> int:
 
     from ..data.sharding import epoch_indices
     from ..jobfile import load_job
-    from ..models.hf_weights import resolve_model_dir
-    from ..ner import task
-    from ..ner.dataset import NerH5Dataset
-    from ..ner.metrics import align_predictions, ner_report
+    from ..tasks.ner.hf_weights import resolve_model_dir
+    from ..tasks.ner import task
+    from ..tasks.ner.dataset import NerH5Dataset
+    from ..tasks.ner.metrics import align_predictions, ner_report
     from ..train.optim import linear_schedule
 
     torch.set_num_threads(args.threads)

@@ -62,10 +62,8 @@ def format_plan(cfg, world: int, per_node: int, gpus: int, cores: int) -> str:
 
 def model_plan_lines(cfg) -> list[str]:
     """Per-stage layers and parameter counts, once the job describes a model."""
-    try:
-        from ..model_plan import describe_stages
-    except ImportError:
-        return []
+    from ..model_plan import describe_stages
+
     return describe_stages(cfg)
 
 

@@ -1,100 +1,94 @@
-"""The training loop: epochs of sharded global batches through a ParallelModel."""
+"""One epoch of training: sharded global batches through the parallel model,
+optimizer and schedule steps, and a metrics line every `train.log_every` steps."""
 from __future__ import annotations
 
+import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-from ..data.sharding import epoch_indices, steps_per_epoch
+from ..data.sharding import epoch_indices
 from ..log import progress
-from .optim import linear_schedule, make_adamw
-from .parallel import ParallelModel, split_microbatches
+from .parallel import split_microbatches
 
 
 @dataclass
 class EpochResult:
-    epoch: int
+    epoch: int                  # 1-based
     loss: float | None          # mean train loss per loss term (rank 0 only)
-    tokens: int                 # non-padding tokens processed, all replicas
+    tokens: int                 # tokens processed, all replicas
     seconds: float
     steps: int
-    extra: dict = field(default_factory=dict)
 
 
-def check_batch(cfg, topo, microbatches: int) -> None:
-    from ..errors import ConfigError
+class _Window:
+    """Sums since the last report: loss and loss terms (last stages), tokens."""
 
-    t, dp = cfg.train, topo.grid.dp
-    if t.global_batch % dp:
-        raise ConfigError(f"{cfg.source}: [train] global_batch = {t.global_batch} is not divisible by "
-                          f"dp = {dp}; use a multiple of {dp}")
-    if t.global_batch // dp < microbatches:
-        raise ConfigError(f"{cfg.source}: [train] global_batch / dp = {t.global_batch // dp} sentences "
-                          f"cannot fill {microbatches} micro-batches; raise global_batch or lower "
-                          f"[pipeline] microbatches")
+    def __init__(self):
+        self.loss = 0.0
+        self.count = self.tokens = 0
+        self.start = time.perf_counter()
+
+    def add(self, result, tokens: int) -> None:
+        self.tokens += tokens
+        if result is not None:
+            self.loss += result[0]
+            self.count += result[1]
 
 
-class Trainer:
-    """`batch_fn(indices) -> (inputs_tuple, targets, n_tokens)`; `count_fn(targets) -> int`."""
+def reduce_loss(topo, loss_sum: float, count: int) -> float | None:
+    """Mean loss over every last stage's terms, on world rank 0 (None elsewhere)."""
+    from mpi4py import MPI
 
-    def __init__(self, cfg, topo, model: ParallelModel, num_samples: int, batch_fn, count_fn,
-                 microbatches: int, log):
-        self.cfg, self.topo, self.model, self.log = cfg, topo, model, log
-        self.num_samples, self.batch_fn, self.count_fn = num_samples, batch_fn, count_fn
-        self.microbatches = microbatches
-        t = cfg.train
-        self.steps_per_epoch = steps_per_epoch(num_samples, t.global_batch, t.tail)
-        total = self.steps_per_epoch * t.epochs
-        self.optimizer = make_adamw(model.named_parameters(), t.lr, t.weight_decay)
-        self.scheduler = linear_schedule(self.optimizer, total, int(round(t.warmup * total)))
-        self.step = 0
+    total = topo.world.reduce(np.array([loss_sum, count], dtype=np.float64), op=MPI.SUM, root=0)
+    if topo.rank != 0:
+        return None
+    return float(total[0] / total[1]) if total[1] else float("nan")
 
-    def _reduce_loss(self, loss_sum: float, count: int) -> float | None:
-        from mpi4py import MPI
 
-        total = self.topo.world.reduce(np.array([loss_sum, count], dtype=np.float64), op=MPI.SUM, root=0)
-        if self.topo.rank != 0:
-            return None
-        return float(total[0] / total[1]) if total[1] else float("nan")
-
-    def train_epoch(self, epoch: int) -> EpochResult:
-        cfg, topo, t = self.cfg, self.topo, self.cfg.train
-        shard = epoch_indices(self.num_samples, epoch, cfg.job.seed, topo.coords.dp, topo.grid.dp,
-                              t.global_batch, t.tail)
-        loss_sum = window_loss = 0.0
-        count = window_count = tokens = window_tokens = 0
-        start = window_start = time.perf_counter()
-        bar = progress(total=len(shard), rank=topo.rank, desc=f"epoch {epoch + 1}", unit="step")
-        for i, indices in enumerate(shard):
-            parts = split_microbatches(indices, self.microbatches)
-            batches = [self.batch_fn(p) for p in parts]
-            local = np.array([sum(self.count_fn(b[1]) for b in batches), sum(b[2] for b in batches)],
-                             dtype=np.int64)
-            normalizer, step_tokens = (topo.dp_comm.allreduce(local) if topo.grid.dp > 1 else local).tolist()
-            result = self.model.train_step([(b[0], b[1]) for b in batches], max(1, normalizer))
-            if t.max_grad_norm > 0:
-                self.model.clip_grad_norm_(t.max_grad_norm)
-            self.optimizer.step()
-            self.scheduler.step()
-            self.optimizer.zero_grad(set_to_none=False)
-            self.step += 1
-            tokens += step_tokens
-            window_tokens += step_tokens
-            if result is not None:
-                loss_sum += result[0]
-                count += result[1]
-                window_loss += result[0]
-                window_count += result[1]
-            bar.update(1)
-            if (i + 1) % t.log_every == 0 and i + 1 < len(shard):
-                mean = self._reduce_loss(window_loss, window_count)
-                now = time.perf_counter()
-                if topo.rank == 0:
-                    rate = window_tokens / (now - window_start)
-                    self.log.info(f"epoch {epoch + 1} step {i + 1}/{len(shard)}  loss {mean:.4f}  "
-                                  f"lr {self.scheduler.get_last_lr()[0]:.2e}  {rate:,.0f} tokens/s")
-                window_loss, window_count, window_tokens, window_start = 0.0, 0, 0, now
-        bar.close()
-        seconds = time.perf_counter() - start
-        return EpochResult(epoch + 1, self._reduce_loss(loss_sum, count), tokens, seconds, len(shard))
+def run_epoch(trainer, epoch: int, start: int = 0) -> EpochResult:
+    """Train `epoch` (0-based) from its step `start`; stops early at `train.max_steps`."""
+    cfg, topo, model, t = trainer.cfg, trainer.topo, trainer.model, trainer.cfg.train
+    shard = epoch_indices(len(trainer.train_set), epoch, cfg.job.seed, topo.coords.dp, topo.grid.dp,
+                          t.global_batch, t.tail)
+    total, window = _Window(), _Window()
+    steps = 0
+    bar = progress(total=len(shard), initial=start, rank=topo.rank, desc=f"epoch {epoch + 1}", unit="step")
+    for i in range(start, len(shard)):
+        if trainer.done:
+            break
+        batches = [trainer.train_set.batch(p) for p in split_microbatches(shard[i], trainer.microbatches)]
+        local = np.array([sum(b[2] for b in batches),
+                          sum(b[3] if len(b) > 3 and b[3] is not None else b[2] for b in batches)], dtype=np.int64)
+        normalizer, step_tokens = (topo.dp_comm.allreduce(local) if topo.grid.dp > 1 else local).tolist()
+        result = model.train_step([(b[0], b[1]) for b in batches], max(1, normalizer))
+        log_now = (i + 1) % t.log_every == 0 and i + 1 < len(shard)
+        grad_norm = None
+        if t.max_grad_norm > 0:
+            grad_norm = model.clip_grad_norm_(t.max_grad_norm)
+        elif log_now:
+            grad_norm = model.clip_grad_norm_(math.inf)  # the norm only; nothing is scaled
+        lr = trainer.scheduler.get_last_lr()[0]
+        trainer.optimizer.step()
+        trainer.scheduler.step()
+        trainer.optimizer.zero_grad(set_to_none=False)
+        trainer.step += 1
+        trainer.step_in_epoch = i + 1
+        steps += 1
+        total.add(result, step_tokens)
+        window.add(result, step_tokens)
+        bar.update(1)
+        if log_now:
+            mean = reduce_loss(topo, window.loss, window.count)
+            now = time.perf_counter()
+            if topo.rank == 0:
+                rate = window.tokens / (now - window.start)
+                trainer.log.info(f"epoch {epoch + 1} step {i + 1}/{len(shard)}  loss {mean:.4f}  lr {lr:.2e}  "
+                                 f"grad norm {grad_norm:.3f}  {rate:,.0f} tokens/s")
+                trainer.metrics.write("step", step=trainer.step, epoch=epoch + 1, loss=mean, lr=lr,
+                                      grad_norm=grad_norm, tokens_per_s=rate)
+            window = _Window()
+    bar.close()
+    seconds = time.perf_counter() - total.start
+    return EpochResult(epoch + 1, reduce_loss(topo, total.loss, total.count), total.tokens, seconds, steps)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..config import CommSection
 from ..dp.grad_sync import GradientAverager
 from ..pipeline.engine import PipelineEngine
 from ..pipeline.inference import forward_only
@@ -12,21 +13,26 @@ from ..pipeline.stage import Stage
 
 
 class ParallelModel:
-    def __init__(self, topo, specs, loss, *, seed: int, schedule: str, partition="parameters",
-                 comm_cfg=None, sample=None):
+    def __init__(self, topo, specs, loss, *, seed: int, schedule: str = "1f1b", partition="parameters",
+                 comm_cfg=None, sample=None, tied=()):
         """`partition`: a method name or a list of cut points; `sample`: the first
         layer's input tuple (for partition = 'profile'); `comm_cfg`: the job's
-        [comm] section (bucket sizes, algorithm, compression)."""
+        [comm] section (bucket sizes, algorithm, compression; None = defaults);
+        `tied`: groups of global parameter names that are one weight.
+
+        The partition is decided once, on world rank 0, and broadcast to every
+        rank: every replica cuts the model at the same places even when the
+        method measures times ('profile')."""
         self.topo = topo
         if topo.grid.pp == 1:
             partition = "uniform"  # one stage holds every layer; nothing to balance or measure
-        self.partition = plan_partition(specs, topo.grid.pp, partition, comm=topo.pp_comm,
+        self.partition = plan_partition(specs, topo.grid.pp, partition, comm=topo.world,
                                         sample=sample, seed=seed)
         self.stage = Stage(specs, self.partition, topo.coords.pp, seed=seed, device=topo.device)
         named = list(self.stage.global_named_parameters())
         self.averager = None
         if topo.grid.dp > 1:
-            c = comm_cfg
+            c = comm_cfg if comm_cfg is not None else CommSection()
             self.averager = GradientAverager(
                 named, topo.dp_comm,
                 bucket_bytes=int(c.bucket_mb * 2**20), first_bucket_bytes=int(c.first_bucket_mb * 2**20),
@@ -34,7 +40,8 @@ class ParallelModel:
                 compress=None if c.compress == "none" else c.compress)
             self.averager.broadcast_parameters()
         self.engine = PipelineEngine(self.stage, topo.pp_comm, loss if self.stage.is_last else None,
-                                     schedule, grad_sync=self.averager, grad_scale=topo.grid.dp)
+                                     schedule, grad_sync=self.averager, grad_scale=topo.grid.dp,
+                                     tied=list(tied), partition=self.partition)
 
     def named_parameters(self):
         return list(self.stage.global_named_parameters())
@@ -57,6 +64,10 @@ class ParallelModel:
     def predict(self, microbatches, collect) -> list:
         """Forward only; `collect(output, mb)` results on the last stage, [] elsewhere."""
         return forward_only(self.stage, self.engine.p2p, microbatches, collect)
+
+    def local_state(self) -> dict:
+        """This rank's parameters and buffers under their global names (CPU copies)."""
+        return {k: v.detach().cpu().clone() for k, v in self.stage.global_state_dict().items()}
 
     def gather_state(self, root: int = 0) -> dict | None:
         """Every parameter and buffer under its global name, on world rank `root`

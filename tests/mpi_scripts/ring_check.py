@@ -2,7 +2,8 @@
 
 ``mpiexec -n N python ring_check.py K[,K...]`` runs every check on a communicator
 of the first K ranks (split from COMM_WORLD, so not only COMM_WORLD is used) for
-each K; the other ranks sleep meanwhile. Rank 0 prints ``RING_OK K <checks>`` per K.
+each K; the other ranks sleep meanwhile. Rank 0 prints ``RING_OK K <checks>`` per K,
+and before it ``WIRE_ROUNDING_OK K`` once compression is shown to round (K > 1).
 With more than 3 ranks (oversubscribed, slow) fewer dtype combinations are run.
 """
 import hashlib
@@ -20,7 +21,7 @@ from mpitrain.comm.ring import ring_allreduce_
 WORLD = MPI.COMM_WORLD
 comm, rank, n = None, 0, 0      # the communicator under test, set per K below
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
-TOL = {torch.float32: 1e-5, torch.float64: 1e-12, torch.float16: 2e-2, torch.bfloat16: 1e-1}
+WIRE = {"fp16": torch.float16, "bf16": torch.bfloat16}
 checks = 0
 
 
@@ -42,22 +43,34 @@ def reference(x):
     return ref
 
 
+def bound(x, scale=1.0, wire=None):
+    """How far, per element, a float sum of ``x`` over the ranks (times ``scale``) may lie
+    from the float64 reference: at most n roundings in x's dtype (n-1 additions and the
+    division of a mean), n in the wire dtype and n-1 in the reference, each off by at most
+    u * (sum of |x| over the ranks), u the unit roundoff, or on underflow by half the
+    smallest subnormal."""
+    dtypes = [d for d in (x.dtype, wire, torch.float64) if d is not None]
+    u = sum(torch.finfo(d).eps / 2 for d in dtypes)
+    sub = sum(torch.finfo(d).tiny * torch.finfo(d).eps / 2 for d in dtypes)
+    return n * u / (1 - n * u) * reference(x.abs()) * scale + n * sub
+
+
 def same_on_all_ranks(t):
     digest = hashlib.sha256(t.contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
     return len(set(comm.allgather(digest))) == 1
 
 
-def check(name, got, ref, exact, dtype, scale=1.0):
+def check(name, got, ref, tol=None, scale=1.0):
+    """``got`` equals ``ref * scale`` exactly, or within ``tol`` (per element) if given."""
     global checks
     checks += 1
-    g = got.double().reshape(-1).numpy()
-    if exact:
-        if not np.array_equal(g, ref * scale):
-            fail(f"{name}: not exact, max err {np.abs(g - ref * scale).max()}")
-    else:
-        tol = TOL[dtype] * max(1.0, float(np.abs(ref).max(initial=0.0))) * n
-        if g.size and np.abs(g - ref * scale).max() > tol:
-            fail(f"{name}: max err {np.abs(g - ref * scale).max()} > {tol}")
+    err = np.abs(got.double().reshape(-1).numpy() - ref * scale)
+    if tol is None:
+        if err.any():
+            fail(f"{name}: not exact, max err {err.max()}")
+    elif not (err <= tol).all():   # NaN fails too
+        i = int(np.argmax(~(err <= tol)))
+        fail(f"{name}: err {err[i]} > bound {tol[i]} at element {i}")
     if not same_on_all_ranks(got):
         fail(f"{name}: ranks disagree bitwise")
 
@@ -74,7 +87,8 @@ def run_checks():
                 for chunk, window in configs:
                     y = x.clone()
                     ring_allreduce_(comm, y, chunk_bytes=chunk, window=window)
-                    check(f"ring {dtype} n={numel} int={integer} chunk={chunk}", y, ref, integer, dtype)
+                    check(f"ring {dtype} n={numel} int={integer} chunk={chunk}", y, ref,
+                          None if integer else bound(x))
                 if not integer and numel:
                     again = x.clone()
                     ring_allreduce_(comm, again, chunk_bytes=1024, window=2)
@@ -94,15 +108,15 @@ def run_checks():
                 ref = reference(x)
                 y = x.clone()
                 red.allreduce_(y)
-                check(f"{name} sum {dtype} {numel}", y, ref, True, dtype)
+                check(f"{name} sum {dtype} {numel}", y, ref)
                 y = x.clone()
                 red.allreduce_(y, average=True)
-                check(f"{name} mean {dtype} {numel}", y, ref, False, dtype, scale=1.0 / n)
+                check(f"{name} mean {dtype} {numel}", y, ref, bound(x, 1.0 / n), scale=1.0 / n)
         m = data(6 * 10, torch.float32, True, salt=3).view(6, 10)
         ref = reference(m.t().contiguous()).reshape(10, 6)
         mt = m.t()
         red.allreduce_(mt)
-        check(f"{name} non-contiguous", mt.contiguous(), ref.reshape(-1), True, torch.float32)
+        check(f"{name} non-contiguous", mt.contiguous(), ref.reshape(-1))
 
     # auto really uses both paths
     if reducers["auto"].choose(4095) != "mpi" or reducers["auto"].choose(4096) != "ring":
@@ -113,20 +127,45 @@ def run_checks():
             fail("measured crossover differs between ranks")
 
     # 3. compression: exact on small integers, close on random data, bitwise equal across ranks
-    for wire in ("fp16", "bf16"):
+    for wire in WIRE:
         red = AllReducer(comm, "ring", compress=wire, chunk_bytes=1024)
         for numel in (1, n + 1, 1000, 20011):
             x = data(numel, torch.float32, True, salt=11)
             ref = reference(x)
             y = x.clone()
             red.allreduce_(y)
-            check(f"compress {wire} int {numel}", y, ref, True, torch.float32)
+            check(f"compress {wire} int {numel}", y, ref)
             x = data(numel, torch.float32, False, salt=13)
             ref = reference(x)
             y = x.clone()
             red.allreduce_(y, average=True)
-            check(f"compress {wire} random {numel}", y, ref, False,
-                  torch.float16 if wire == "fp16" else torch.bfloat16, scale=1.0 / n)
+            check(f"compress {wire} random {numel}", y, ref, bound(x, 1.0 / n, WIRE[wire]), scale=1.0 / n)
+
+    # 3b. compression rounds what is sent: k + j * 2**-15 (k = 1..8, j = 1..3) loses its
+    # fraction in fp16 and bf16, and every partial sum on the wire is a small positive
+    # integer plus one such fraction, so the compressed sum is exactly the sum of the
+    # values rounded to the wire dtype, while the uncompressed sum keeps every bit.
+    if n > 1:   # with one rank nothing is sent, so nothing is rounded
+        plain = AllReducer(comm, "ring", chunk_bytes=1024)
+        wired = {wire: AllReducer(comm, "ring", compress=wire, chunk_bytes=1024) for wire in WIRE}
+        for dtype in (torch.float32, torch.float64):
+            for numel in (n + 1, 20011):
+                g = torch.Generator().manual_seed(1000 * rank + numel + 17)
+                x = (torch.randint(1, 9, (numel,), generator=g, dtype=dtype)
+                     + torch.randint(1, 4, (numel,), generator=g, dtype=dtype) * 2.0 ** -15)
+                exact = reference(x)
+                y = x.clone()
+                plain.allreduce_(y)
+                check(f"uncompressed {dtype} {numel}", y, exact)
+                for wire, wire_dtype in WIRE.items():
+                    rounded = reference(x.to(wire_dtype))
+                    if (rounded == exact).any():
+                        fail(f"compress {wire}: test data is not changed by rounding")
+                    y = x.clone()
+                    wired[wire].allreduce_(y)
+                    check(f"compress {wire} rounds {dtype} {numel}", y, rounded)
+        if rank == 0:
+            print(f"WIRE_ROUNDING_OK {n}", flush=True)
 
     # 4. several non-blocking reductions in flight, waited in a rank-dependent order
     red = AllReducer(comm, "auto", crossover_bytes=4096, chunk_bytes=1024)
@@ -140,7 +179,7 @@ def run_checks():
     for i in order:
         handles[i].wait()
     for y, ref in zip(ys, refs):
-        check("iallreduce in flight", y, ref, True, torch.float32)
+        check("iallreduce in flight", y, ref)
 
     # 5. staging path for device memory, with the device check faked
 
@@ -156,7 +195,7 @@ def run_checks():
                     ref = reference(x)
                     y = x.clone()
                     red.allreduce_(y)
-                    check(f"device {algo} aware={aware}", y, ref, True, torch.float32)
+                    check(f"device {algo} aware={aware}", y, ref)
                 expected = 0 if aware or n == 1 else 1
                 if red.stager.allocations != expected:
                     fail(f"{algo} aware={aware}: {red.stager.allocations} staging allocations, expected {expected}")

@@ -27,8 +27,8 @@ import h5py
 import numpy as np
 
 from mpitrain.errors import DataError, UsageError
-from mpitrain.ner.conll import Sentence, data_error, read_conll
-from mpitrain.ner.tokenize import EncodedSplit, WordPieceTokenizer, load_tokenizer
+from mpitrain.tasks.ner.conll import Sentence, data_error, read_conll
+from mpitrain.tasks.ner.tokenize import EncodedSplit, WordPieceTokenizer, load_tokenizer
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "dev", "test")

@@ -1,4 +1,4 @@
-"""Lazy reader of a prepared NER split (see `mpitrain.ner.prepare` for the layout).
+"""Lazy reader of a prepared NER split (see `mpitrain.tasks.ner.prepare` for the layout).
 
 Only the per-sentence index (offsets, lengths: a few bytes per sentence) is held
 in memory; token ids and labels are read from disk for the sentences a batch
@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from mpitrain.errors import DataError
-from mpitrain.ner.prepare import FORMAT_VERSION
-from mpitrain.ner.tokenize import IGNORE
+from mpitrain.tasks.ner.prepare import FORMAT_VERSION
+from mpitrain.tasks.ner.tokenize import IGNORE
 
 
 class NerH5Dataset:

@@ -10,7 +10,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from mpitrain.ner.tokenize import IGNORE
+from mpitrain.tasks.ner.tokenize import IGNORE
 
 
 def ner_report(true_tags: Sequence[Sequence[str]], pred_tags: Sequence[Sequence[str]],

@@ -275,7 +275,7 @@ def bert_token_classifier_layers(config: BertConfig, num_labels: int, weights=No
     ``True`` requires it, ``False`` always starts fresh.
     classifier_dropout: overrides ``config.classifier_dropout`` (default: hidden dropout).
     """
-    from mpitrain.models.hf_weights import HFWeights
+    from mpitrain.tasks.ner.hf_weights import HFWeights
 
     if not isinstance(num_labels, int) or num_labels < 1:
         raise UsageError(f"BERT token classifier: num_labels={num_labels!r} must be a positive integer; "

@@ -215,7 +215,7 @@ def pretrained_token_classifier(model: str | Path, num_labels: int, classifier_d
 
     config_changes override config.json fields, e.g. ``hidden_dropout_prob=0.0``.
     """
-    from mpitrain.models.bert import BertConfig, bert_token_classifier_layers
+    from mpitrain.tasks.ner.bert import BertConfig, bert_token_classifier_layers
 
     weights = HFWeights(model)
     config = BertConfig.from_hf_json(weights.model_dir)

@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 
 from mpitrain.errors import UsageError
-from mpitrain.models.bert import BertConfig, parameter_shapes
-from mpitrain.models.hf_weights import PACKAGE_PREFIX, SAFETENSORS, HFWeights, global_to_hf, read_labels, \
+from mpitrain.tasks.ner.bert import BertConfig, parameter_shapes
+from mpitrain.tasks.ner.hf_weights import PACKAGE_PREFIX, SAFETENSORS, HFWeights, global_to_hf, read_labels, \
     resolve_model_dir
 
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")

@@ -26,7 +26,7 @@ from typing import Iterable, Sequence
 from tokenizers import normalizers, pre_tokenizers
 
 from mpitrain.errors import UsageError
-from mpitrain.ner.tokenize import SPECIAL_TOKENS
+from mpitrain.tasks.ner.tokenize import SPECIAL_TOKENS
 
 FIRST = """James Maria Ahmed Yuki Olga Pedro Fatima Lars Chen Amara Diego Ingrid Kofi Priya
 Tomas Aisha Hugo Mei Rafael Zara Ivan Leila Mateo Sofia Kwame Nadia Oscar Elena Hiroshi

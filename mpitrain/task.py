@@ -1,0 +1,95 @@
+"""The task interface: everything model-specific, so that the generic engine
+(rank grid, data parallelism, pipeline, Trainer) can train any model.
+
+A task is any object with these methods (subclass `Task` to get the optional
+ones for free)::
+
+    sections: dict[str, type]          config sections it owns, e.g. {"model": ModelCfg}
+    prepare(cfg) -> picklable          run once, on rank 0 (tokenize, download-free caching, ...);
+                                       the result reaches every rank as `prepared`
+    datasets(cfg, prepared) -> {split: Dataset}       "train" is required; "dev"/"test" optional
+    model(cfg, prepared) -> Model      layers, loss, tied weights; `prepared` is None in
+                                       `plan` (a dry run): describe the model from cfg alone
+    evaluate(trainer, split) -> dict   metrics of a split on any layout (world rank 0; None elsewhere)
+    export(trainer, out_dir) -> str    optional: write the trained model (collective)
+    describe(prepared) -> str          optional: what `prepare` made, for `mpitrain prepare`
+    after_fit(trainer) -> None         optional: anything to do or show at the end (collective)
+
+A Dataset has ``__len__`` and ``batch(indices) -> Batch``: the inputs of the first
+layer, the targets of the loss, the number of loss terms and (for throughput)
+the number of tokens or samples.
+
+Sections are dataclasses whose fields use `mpitrain.config.opt` (a default, a
+help text, and optional choices/min/max), so a task's keys get the same
+one-line errors as the generic ones.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Protocol, runtime_checkable
+
+from .layers import LayerSpec
+
+REQUIRED_METHODS = ("datasets", "model")
+OPTIONAL_METHODS = ("prepare", "evaluate", "export", "describe", "after_fit")
+
+
+class Batch(NamedTuple):
+    inputs: tuple          # the first layer's input tensors
+    targets: Any           # what the loss compares the last layer's output with
+    count: int             # loss terms in this batch (e.g. non-ignored tokens)
+    tokens: int | None = None  # for throughput: tokens (or samples); None = count
+
+
+@runtime_checkable
+class Dataset(Protocol):
+    def __len__(self) -> int: ...
+
+    def batch(self, indices) -> Batch: ...
+
+
+@dataclass
+class Model:
+    """What the engine needs of a model.
+
+    layers: ordered `LayerSpec`s (each built only on the rank that owns it).
+    loss: ``count(targets) -> int`` and ``__call__(outputs, targets) -> summed loss``
+          (see `mpitrain.train.losses`).
+    tied: groups of global parameter names that are one weight (e.g. input and
+          output embeddings); they may live on different pipeline stages.
+    sample: the first layer's inputs for ``partition = "profile"``; None = the first
+          training batch (in `plan`, profile then falls back to parameter counts).
+    description: one line for `plan` and the start-up log.
+    """
+    layers: list[LayerSpec]
+    loss: Any
+    tied: list = field(default_factory=list)
+    sample: tuple | None = None
+    description: str = ""
+
+
+class Task:
+    """Base class with the optional parts of the interface; override `datasets`
+    and `model` (and usually `prepare` and `evaluate`)."""
+
+    name = "task"
+    sections: dict[str, type] = {}
+
+    def prepare(self, cfg):
+        return None
+
+    def datasets(self, cfg, prepared) -> dict:
+        raise NotImplementedError(f"task {self.name!r}: define datasets(cfg, prepared)")
+
+    def model(self, cfg, prepared) -> Model:
+        raise NotImplementedError(f"task {self.name!r}: define model(cfg, prepared)")
+
+    def evaluate(self, trainer, split: str) -> dict | None:
+        """Default: the mean loss of the split (world rank 0)."""
+        from .train.evaluation import mean_loss
+
+        loss = mean_loss(trainer, split)
+        return None if loss is None else {"loss": loss}
+
+    def describe(self, prepared) -> str:
+        return f"prepared: {prepared!r}"

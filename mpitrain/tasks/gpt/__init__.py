@@ -1,0 +1,1 @@
+"""The GPT task: a decoder-only causal language model trained from scratch."""

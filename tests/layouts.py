@@ -1,0 +1,87 @@
+"""Layout equivalence, shared by the task tests: a job trained on a dp x pp layout
+must give every rank the parameters a plain single-process loop reaches."""
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mpirun import run_mpi
+
+from mpitrain.data.sharding import epoch_indices
+from mpitrain.jobfile import load_job
+from mpitrain.layers import build_layer, run_layers
+from mpitrain.pipeline.tied import owning_layer
+from mpitrain.train.optim import make_optimizer, make_schedule
+
+TOL = 1e-5
+
+
+def _tie(layers: dict, name: str, param) -> None:
+    """Make global parameter `name` be the object `param` (one shared weight)."""
+    owner = owning_layer(name, list(layers))
+    layer_name = list(layers)[owner]
+    path = name[len(layer_name) + 1:]
+    module_path, _, attr = path.rpartition(".")
+    module = layers[layer_name].get_submodule(module_path) if module_path else layers[layer_name]
+    setattr(module, attr, param)
+
+
+def reference_parameters(job: str, overrides: list[str]) -> dict:
+    """A plain loop: the whole model in one process, tied weights as one parameter,
+    one big batch per step. Returns {global name: array} (tied names share a value)."""
+    cfg = load_job(job, overrides)
+    task = cfg.task
+    prepared = task.prepare(cfg)
+    train = task.datasets(cfg, prepared)["train"]
+    spec = task.model(cfg, prepared)
+    layers = {s.name: build_layer(s, cfg.job.seed) for s in spec.layers}
+    params = {f"{n}.{p}": t for n, layer in layers.items() for p, t in layer.named_parameters()}
+    for group in spec.tied:
+        for other in group[1:]:
+            _tie(layers, other, params[group[0]])
+            params[other] = params[group[0]]
+    unique = list({id(p): (n, p) for n, p in params.items()}.values())
+    initial = {n: p.detach().clone() for n, p in params.items()}
+    t = cfg.train
+    steps = epoch_indices(len(train), 0, cfg.job.seed, 0, 1, t.global_batch, t.tail)
+    steps = steps[:t.max_steps] if t.max_steps else steps
+    opt = make_optimizer(unique, t)
+    sched = make_schedule(opt, t.schedule, len(steps), int(round(t.warmup * len(steps))))
+    for indices in steps:
+        batch = train.batch(indices)
+        out = run_layers(list(layers.values()), batch[0])
+        loss = spec.loss(out, batch[1]) / spec.loss.count(batch[1])
+        loss.backward()
+        if t.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_([p for _, p in unique], t.max_grad_norm)
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+    final = {n: p.detach().float().numpy().copy() for n, p in params.items()}
+    moved = {n: float((params[n].detach() - initial[n]).abs().max()) for n in params}
+    return final, moved
+
+
+def train_layout(tmp: Path, job: str, overrides: list[str], dp: int, pp: int, extra=(), timeout=240):
+    """Run the layout under mpiexec; {rank: {global name: array}}."""
+    args = ["tests/mpi_scripts/layout_train.py", tmp, job, *extra]
+    for s in [f"grid.dp={dp}", f"grid.pp={pp}", *overrides]:
+        args += ["--set", s]
+    result = run_mpi(dp * pp, args, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return {r: dict(np.load(tmp / f"rank-{r}.npz")) for r in range(dp * pp)}
+
+
+def worst_difference(ranks: dict, reference: dict) -> float:
+    """Max |difference| over every rank's every parameter; each reference name must
+    be held by some rank (and every rank's names must be known)."""
+    held = set()
+    worst = 0.0
+    for r, state in ranks.items():
+        assert state, f"rank {r} holds no parameters"
+        for name, value in state.items():
+            assert name in reference, f"rank {r}: unknown parameter {name}"
+            held.add(name)
+            worst = max(worst, float(np.abs(value - reference[name]).max()))
+    assert held == set(reference), f"parameters held by no rank: {sorted(set(reference) - held)[:5]}"
+    return worst
