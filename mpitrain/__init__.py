@@ -10,7 +10,7 @@ The public surface (start ranks with ``mpirun -n N python my_train.py``)::
             return mpitrain.Model([mpitrain.LayerSpec("embed", ...), ...], loss)
 
     mpitrain.train(MyTask(), grid={"dp": 2, "pp": 2}, train={"lr": 1e-3, "epochs": 3})
-    # or: trainer = mpitrain.Trainer(MyTask(), job="my_job.toml"); trainer.fit()
+    # or: trainer = mpitrain.Trainer(MyTask(), "my_job.toml"); trainer.fit()
 
 `LayerSpec`, `ParallelModel` and the parallel engines can also be used directly.
 Names are imported on first use, so `import mpitrain` stays light.
@@ -23,6 +23,7 @@ _HOME = {
     "Task": "task", "Model": "task", "Batch": "task", "Dataset": "task",
     "LayerSpec": "layers",
     "ParallelModel": "train.parallel",
+    "predict": "train.evaluation", "mean_loss": "train.evaluation",
     "Trainer": "train.trainer",
     "TokenCrossEntropy": "train.losses",
     "JobConfig": "config", "opt": "config",
@@ -32,15 +33,15 @@ _HOME = {
 __all__ = sorted(_HOME) + ["train"]
 
 
-def train(task=None, job=None, *, overrides=(), **sections) -> dict | None:
+def train(task=None, job_file=None, *, overrides=(), **sections) -> dict | None:
     """Run a whole job on every rank and return its final (test) metrics on rank 0.
 
     task: a task object or spec ("ner", "gpt", "pkg.module:factory"); None = the job's.
-    job: a job file, or None for defaults. overrides: "section.key=value" strings.
-    sections: keys by section, e.g. grid={"dp": 2}, train={"lr": 1e-3}."""
+    job_file: a job file, or None for defaults. overrides: "section.key=value" strings.
+    sections: keys by section, e.g. grid={"dp": 2}, train={"lr": 1e-3}, job={"name": "x"}."""
     from .train.trainer import Trainer
 
-    trainer = Trainer(task, job, overrides=overrides, **sections)
+    trainer = Trainer(task, job_file, overrides=overrides, **sections)
     try:
         return trainer.fit()
     finally:

@@ -96,24 +96,25 @@ def _read(path: Path) -> dict:
 
 
 def _entries(data: dict, path, overrides, sections: dict):
-    """Every (section, key, value, where) to apply: file, then --set, then keyword sections."""
+    """Every (section, key, value, where) to apply: file, then keyword sections, then
+    --set overrides (the command line has the last word)."""
     for section, table in data.items():
         for key, value in table.items():
             yield section, key, value, f"{path}: [{section}] {key}"
-    for text in overrides:
-        section, key, value = parse_override(text)
-        yield section, key, value, f"--set {text}"
     for section, table in sections.items():
         if not isinstance(table, dict):
             raise ConfigError(f"keyword argument {section}={table!r}: give a dict of keys, "
                               f"e.g. {section}={{...}}")
         for key, value in table.items():
             yield section, key, value, f"keyword argument {section}.{key}"
+    for text in overrides:
+        section, key, value = parse_override(text)
+        yield section, key, value, f"--set {text}"
 
 
 def load_job(path: str | Path | None, overrides=(), *, task=None, sections: dict | None = None) -> JobConfig:
-    """Read and validate a job file (None = all defaults), apply `--set` overrides
-    ("section.key=value") and keyword `sections` ({"grid": {"dp": 2}}).
+    """Read and validate a job file (None = all defaults), then apply keyword
+    `sections` ({"grid": {"dp": 2}}), then `--set` overrides ("section.key=value").
 
     The job's task (`task` if given: a spec string or a task object, else
     `[job] task`) is resolved first, so that its own sections are validated too.
@@ -134,6 +135,10 @@ def load_job(path: str | Path | None, overrides=(), *, task=None, sections: dict
     task_obj = resolve_task(task if task is not None else cfg.job.task, cfg.base_dir,
                             where=f"{cfg.source}: [job] task")
     cfg.task_sections = {name: cls() for name, cls in (getattr(task_obj, "sections", {}) or {}).items()}
+    classes = section_classes(getattr(task_obj, "sections", None))
+    for section in data:
+        if section not in classes:
+            raise ConfigError(f"{path}: unknown section [{section}]; {_closest(section, classes)}")
     for section, key, value, where in entries:
         _apply(cfg, section, key, value, where)
     cfg.task = task_obj

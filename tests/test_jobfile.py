@@ -125,7 +125,7 @@ def test_plan_shows_each_stage_layers_and_parameters():
 
 
 def test_plan_profile_shows_measured_times():
-    result = run_py(["-m", "mpitrain", "plan", "jobs/default.toml", "--set", 'pipeline.partition="profile"'],
+    result = run_py(["-m", "mpitrain", "plan", "mpitrain/jobs/default.toml", "--set", 'pipeline.partition="profile"'],
                     timeout=120)
     assert result.returncode == 0, result.stderr
     assert "pipeline partition (profile): 4 layers -> 2 stages" in result.stdout

@@ -3,15 +3,19 @@ the prepare command, bad input, and the exported model."""
 import json
 import os
 
+import numpy as np
 import pytest
+import torch
+import transformers
 
 from mpirun import SHARED, run_mpi, run_py
 
 WIKIANN = SHARED / "data" / "wikiann-en"
 
 
-def metrics(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+def metrics(run_dir, event="epoch"):
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [x for x in lines if x["event"] == event]
 
 
 @pytest.fixture(scope="module")
@@ -20,11 +24,11 @@ def default_run(tmp_path_factory):
     result = run_mpi(4, ["-m", "mpitrain", "--set", f'job.run_dir="{tmp}/run"',
                          "--set", f'data.prepared_dir="{tmp}/prep"'], timeout=420)
     assert result.returncode == 0, result.stderr[-3000:]
-    return tmp / "run", result
+    return tmp / "run", result, tmp / "prep"
 
 
 def test_default_job_on_4_ranks_reaches_f1_090(default_run):
-    run_dir, result = default_run
+    run_dir, result, _ = default_run
     lines = metrics(run_dir)
     assert len(lines) == 4
     assert lines[-1]["dev"]["f1"] >= 0.9, lines[-1]
@@ -36,30 +40,38 @@ def test_default_job_on_4_ranks_reaches_f1_090(default_run):
     assert (run_dir / "model" / "model.safetensors").is_file()
 
 
-def test_exported_default_model_runs_in_transformers(default_run):
-    transformers = pytest.importorskip("transformers")
-    import torch
+def test_default_job_logs_steps(default_run):
+    steps = metrics(default_run[0], "step")
+    assert [x["step"] for x in steps] == list(range(50, 50 * len(steps) + 1, 50)) and len(steps) >= 4
+    assert all(x["grad_norm"] > 0 and x["lr"] > 0 and x["tokens_per_s"] > 0 for x in steps)
 
-    from mpitrain.layers import build_layer, run_layers
-    from mpitrain.tasks.ner.bert import bert_token_classifier_layers
-    from mpitrain.tasks.ner.hf_export import load_exported
 
-    model_dir = default_run[0] / "model"
-    config, labels, weights = load_exported(model_dir)
-    assert labels == ["O", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-PER", "I-PER"]
-    ours = [build_layer(s, 0).eval() for s in bert_token_classifier_layers(config, len(labels), weights=weights)]
+def test_exported_model_scores_the_test_split_like_the_run(default_run):
+    """transformers, loading the export, predicts the prepared test split; its
+    seqeval F1 equals the run's eval_test.json."""
+    from mpitrain.tasks.ner.dataset import NerH5Dataset
+    from mpitrain.tasks.ner.metrics import align_predictions, ner_report
+
+    run_dir, _, prep = default_run
     os.environ["HF_HUB_OFFLINE"] = "1"
-    theirs = transformers.AutoModelForTokenClassification.from_pretrained(model_dir).eval()
-    tok = transformers.AutoTokenizer.from_pretrained(model_dir)
-    enc = tok(["alice smith flew to paris for acme corp", "the mayor of berlin spoke"], padding=True,
-              return_tensors="pt")
+    model = transformers.AutoModelForTokenClassification.from_pretrained(run_dir / "model").eval()
+    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    assert labels == ["O", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-PER", "I-PER"]
+    test = NerH5Dataset(prep / "test.h5")
+    truth, preds = [], []
     with torch.no_grad():
-        a = run_layers(ours, (enc["input_ids"], enc["attention_mask"]))
-        b = theirs(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
-    real = enc["attention_mask"].bool()
-    assert torch.allclose(a[real], b[real], atol=1e-4)
-    assert torch.equal(a[real].argmax(-1), b[real].argmax(-1))
-    assert theirs.config.id2label[5] == "B-PER"
+        for chunk in np.array_split(np.arange(len(test)), 8):
+            ids, mask, gold = test.batch(chunk)
+            logits = model(input_ids=ids, attention_mask=mask).logits
+            t, p = align_predictions(logits.argmax(-1), gold, labels)
+            truth += t
+            preds += p
+    theirs = ner_report(truth, preds)
+    ours = json.loads((run_dir / "eval_test.json").read_text())
+    assert theirs["support"] == ours["support"] > 0
+    assert abs(theirs["f1"] - ours["f1"]) < 1e-9, (theirs["f1"], ours["f1"])
+    tok = transformers.AutoTokenizer.from_pretrained(run_dir / "model")
+    assert tok("alice flew to paris")["input_ids"][0] == tok.cls_token_id
 
 
 def wikiann_run(tmp, lr, epochs, n=2):

@@ -47,15 +47,16 @@ def reduce_loss(topo, loss_sum: float, count: int) -> float | None:
     return float(total[0] / total[1]) if total[1] else float("nan")
 
 
-def run_epoch(trainer, epoch: int, start: int = 0) -> EpochResult:
-    """Train `epoch` (0-based) from its step `start`; stops early at `train.max_steps`."""
+def run_epoch(trainer, epoch: int, start: int = 0, stop: int | None = None) -> EpochResult:
+    """Train steps [start, stop) of `epoch` (0-based; stop None = to the end);
+    stops early at `train.max_steps`."""
     cfg, topo, model, t = trainer.cfg, trainer.topo, trainer.model, trainer.cfg.train
     shard = epoch_indices(len(trainer.train_set), epoch, cfg.job.seed, topo.coords.dp, topo.grid.dp,
                           t.global_batch, t.tail)
     total, window = _Window(), _Window()
     steps = 0
     bar = progress(total=len(shard), initial=start, rank=topo.rank, desc=f"epoch {epoch + 1}", unit="step")
-    for i in range(start, len(shard)):
+    for i in range(start, len(shard) if stop is None else min(stop, len(shard))):
         if trainer.done:
             break
         batches = [trainer.train_set.batch(p) for p in split_microbatches(shard[i], trainer.microbatches)]
@@ -63,7 +64,7 @@ def run_epoch(trainer, epoch: int, start: int = 0) -> EpochResult:
                           sum(b[3] if len(b) > 3 and b[3] is not None else b[2] for b in batches)], dtype=np.int64)
         normalizer, step_tokens = (topo.dp_comm.allreduce(local) if topo.grid.dp > 1 else local).tolist()
         result = model.train_step([(b[0], b[1]) for b in batches], max(1, normalizer))
-        log_now = (i + 1) % t.log_every == 0 and i + 1 < len(shard)
+        log_now = (trainer.step + 1) % t.log_every == 0
         grad_norm = None
         if t.max_grad_norm > 0:
             grad_norm = model.clip_grad_norm_(t.max_grad_norm)

@@ -69,6 +69,20 @@ class ParallelModel:
         """This rank's parameters and buffers under their global names (CPU copies)."""
         return {k: v.detach().cpu().clone() for k, v in self.stage.global_state_dict().items()}
 
+    def load_local_state(self, state: dict) -> None:
+        """Copy values (global name -> tensor) into this rank's parameters and buffers;
+        names this rank does not hold are ignored, and every name it holds must be given."""
+        import torch
+
+        mine = self.stage.global_state_dict()
+        missing = sorted(set(mine) - set(state))
+        if missing:
+            from ..errors import UsageError
+            raise UsageError(f"model state: no value for {missing[:3]}; the state belongs to another model")
+        with torch.no_grad():
+            for name, tensor in mine.items():
+                tensor.copy_(state[name])
+
     def gather_state(self, root: int = 0) -> dict | None:
         """Every parameter and buffer under its global name, on world rank `root`
         (collected from replica 0 of each stage); None elsewhere."""

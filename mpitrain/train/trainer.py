@@ -45,16 +45,16 @@ def check_batch(cfg, dp: int, microbatches: int) -> None:
 
 
 class Trainer:
-    """``Trainer(task, job="job.toml", grid={"dp": 2}, train={"lr": 1e-3}).fit()``.
+    """``Trainer(task, "job.toml", grid={"dp": 2}, train={"lr": 1e-3}).fit()``.
 
-    `task`: a task object or spec string (None = the job's `[job] task`); `job`:
-    a job file (None = defaults); `overrides`: "section.key=value" strings;
+    `task`: a task object or spec string (None = the job's `[job] task`);
+    `job_file`: a TOML job file (None = defaults); `overrides`: "section.key=value" strings;
     keyword sections override keys by section. Collective: call it on every rank.
     """
 
-    def __init__(self, task=None, job=None, *, overrides=(), verbose: bool = False,
+    def __init__(self, task=None, job_file=None, *, overrides=(), verbose: bool = False,
                  started: Job | None = None, **sections):
-        started = started or start_job(job=job, overrides=overrides, task=task, sections=sections,
+        started = started or start_job(job=job_file, overrides=overrides, task=task, sections=sections,
                                        verbose=verbose)
         self.cfg, self.topo, self.log = started.cfg, started.topo, started.log
         cfg, topo = self.cfg, self.topo

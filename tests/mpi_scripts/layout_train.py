@@ -15,7 +15,7 @@ from mpitrain.train.loop import run_epoch
 out, job = Path(sys.argv[1]), sys.argv[2]
 rest = sys.argv[3:]
 sets = [a for a in rest if a not in ("--set", "--wrong-grad-scale")]
-trainer = mpitrain.Trainer(job=job, overrides=sets)
+trainer = mpitrain.Trainer(job_file=job, overrides=sets)
 if "--wrong-grad-scale" in rest:
     trainer.model.engine.grad_scale *= 0.5
 result = run_epoch(trainer, 0)
