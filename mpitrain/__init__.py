@@ -21,7 +21,7 @@ __version__ = "0.1.0"
 
 _HOME = {
     "Task": "task", "Model": "task", "Batch": "task", "Dataset": "task",
-    "LayerSpec": "layers",
+    "LayerSpec": "layers", "BuildContext": "layers",
     "ParallelModel": "train.parallel",
     "predict": "train.evaluation", "mean_loss": "train.evaluation",
     "Trainer": "train.trainer",

@@ -130,3 +130,15 @@ def test_plan_profile_shows_measured_times():
     assert result.returncode == 0, result.stderr
     assert "pipeline partition (profile): 4 layers -> 2 stages" in result.stdout
     assert "fwd+bwd ms" in result.stdout
+
+
+def test_keys_lists_generic_and_the_jobs_task_keys():
+    gpt = run_py(["-m", "mpitrain", "keys", "jobs/gpt_tiny.toml"], timeout=60)
+    assert gpt.returncode == 0, gpt.stderr
+    assert "# task: gpt" in gpt.stdout and "[train]" in gpt.stdout and "block_size" in gpt.stdout
+    assert "label_all_subtokens" not in gpt.stdout
+    spirals = run_py(["-m", "mpitrain", "keys", "examples/spirals/job.toml"], timeout=60)
+    assert spirals.returncode == 0, spirals.stderr
+    assert "arms = 3" in spirals.stdout and "[grid]" in spirals.stdout
+    ner = run_py(["-m", "mpitrain", "keys"], timeout=60)
+    assert "# task: ner" in ner.stdout and "label_all_subtokens" in ner.stdout

@@ -59,3 +59,21 @@ def test_sgd_with_momentum_and_decay_groups():
     opt = make_optimizer(named, cfg.train)
     assert isinstance(opt, torch.optim.SGD)
     assert [(g["weight_decay"], g["momentum"]) for g in opt.param_groups] == [(0.01, 0.9), (0.0, 0.9)]
+
+
+def test_layer_builders_may_take_the_build_context():
+    from mpitrain.layers import BuildContext, LayerSpec, build_layer, takes_context
+
+    seen = []
+
+    def with_ctx(ctx):
+        seen.append(ctx)
+        return torch.nn.Linear(2, 2)
+
+    assert takes_context(with_ctx) and not takes_context(lambda: None) and not takes_context(lambda i=1: None)
+    build_layer(LayerSpec("a", with_ctx), seed=0)
+    assert seen[-1].tp_size == 1 and seen[-1].tp_rank == 0 and seen[-1].device.type == "cpu"
+    ctx = BuildContext(dtype=torch.float64)
+    build_layer(LayerSpec("a", with_ctx), seed=0, ctx=ctx)
+    assert seen[-1] is ctx
+    assert isinstance(build_layer(LayerSpec("b", lambda: torch.nn.Linear(2, 2)), seed=0), torch.nn.Linear)

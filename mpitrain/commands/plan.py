@@ -19,7 +19,7 @@ HELP = "print the rank grid, groups and devices of a job (no MPI needed)"
 
 
 def add_arguments(parser) -> None:
-    add_job_arguments(parser)
+    add_job_arguments(parser, job_required=False)
     parser.add_argument("--world-size", "-n", type=int, default=0,
                         help="number of ranks to plan for (default: dp*pp*tp of the job)")
     parser.add_argument("--ranks-per-node", type=int, default=0,
@@ -79,6 +79,8 @@ def run(args) -> int:
 
 
 def _load(args):
-    cfg = load_job(args.job, args.set)
+    from .train import default_job
+
+    cfg = load_job(args.job or default_job(), args.set)
     check_world(cfg.grid.grid(), args.world_size or cfg.grid.grid().size, cfg.source)
     return cfg

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..errors import UsageError
-from ..layers import LayerSpec, as_tuple, build_layer
+from ..layers import LayerSpec, as_tuple, build_layer, call_builder
 
 METHODS = ("uniform", "parameters", "profile")
 
@@ -76,7 +76,7 @@ def meta_build(spec: LayerSpec) -> nn.Module | None:
     """Build a layer on the meta device (no memory), or None if the builder can't."""
     try:
         with torch.random.fork_rng(devices=[]), torch.device("meta"):
-            return spec.build()
+            return call_builder(spec)
     except Exception:
         return None
 

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..errors import UsageError
-from ..layers import LayerSpec, as_tuple, build_layer
+from ..layers import BuildContext, LayerSpec, as_tuple, build_layer
 from .partition import Partition, check_shared, meta_build
 
 
@@ -21,7 +21,7 @@ class StageError(RuntimeError):
 
 class Stage(nn.Module):
     def __init__(self, specs: list[LayerSpec], partition: Partition, index: int, seed: int = 0,
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu", ctx: BuildContext | None = None):
         super().__init__()
         if [s.name for s in specs] != partition.names:
             raise UsageError("pipeline stage: the layer list differs from the one the partition was "
@@ -34,7 +34,7 @@ class Stage(nn.Module):
         self.start, self.end = partition.bounds[index]
         self.device = torch.device(device)
         self.layer_names = [s.name for s in specs[self.start:self.end]]
-        self.layers = nn.ModuleList(build_layer(s, seed, self.device) for s in specs[self.start:self.end])
+        self.layers = nn.ModuleList(build_layer(s, seed, self.device, ctx) for s in specs[self.start:self.end])
 
     @property
     def is_first(self) -> bool:

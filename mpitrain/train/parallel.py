@@ -6,6 +6,7 @@ import numpy as np
 
 from ..config import CommSection
 from ..dp.grad_sync import GradientAverager
+from ..layers import BuildContext
 from ..pipeline.engine import PipelineEngine
 from ..pipeline.inference import forward_only
 from ..pipeline.partition import plan_partition
@@ -28,7 +29,8 @@ class ParallelModel:
             partition = "uniform"  # one stage holds every layer; nothing to balance or measure
         self.partition = plan_partition(specs, topo.grid.pp, partition, comm=topo.world,
                                         sample=sample, seed=seed)
-        self.stage = Stage(specs, self.partition, topo.coords.pp, seed=seed, device=topo.device)
+        self.stage = Stage(specs, self.partition, topo.coords.pp, seed=seed, device=topo.device,
+                           ctx=BuildContext.of(topo))
         named = list(self.stage.global_named_parameters())
         self.averager = None
         if topo.grid.dp > 1:
