@@ -9,21 +9,10 @@ from mpirun import run_mpi
 
 from mpitrain.data.sharding import epoch_indices
 from mpitrain.jobfile import load_job
-from mpitrain.layers import build_layer, run_layers
-from mpitrain.pipeline.tied import owning_layer
 from mpitrain.train.optim import make_optimizer, make_schedule
+from mpitrain.train.reference import SingleProcessModel
 
 TOL = 1e-5
-
-
-def _tie(layers: dict, name: str, param) -> None:
-    """Make global parameter `name` be the object `param` (one shared weight)."""
-    owner = owning_layer(name, list(layers))
-    layer_name = list(layers)[owner]
-    path = name[len(layer_name) + 1:]
-    module_path, _, attr = path.rpartition(".")
-    module = layers[layer_name].get_submodule(module_path) if module_path else layers[layer_name]
-    setattr(module, attr, param)
 
 
 def reference_parameters(job: str, overrides: list[str]) -> dict:
@@ -34,13 +23,9 @@ def reference_parameters(job: str, overrides: list[str]) -> dict:
     prepared = task.prepare(cfg)
     train = task.datasets(cfg, prepared)["train"]
     spec = task.model(cfg, prepared)
-    layers = {s.name: build_layer(s, cfg.job.seed) for s in spec.layers}
-    params = {f"{n}.{p}": t for n, layer in layers.items() for p, t in layer.named_parameters()}
-    for group in spec.tied:
-        for other in group[1:]:
-            _tie(layers, other, params[group[0]])
-            params[other] = params[group[0]]
-    unique = list({id(p): (n, p) for n, p in params.items()}.values())
+    model = SingleProcessModel(spec, cfg.job.seed)
+    params = dict(model.global_named_parameters(remove_duplicate=False))
+    unique = list(model.global_named_parameters())
     initial = {n: p.detach().clone() for n, p in params.items()}
     t = cfg.train
     steps = epoch_indices(len(train), 0, cfg.job.seed, 0, 1, t.global_batch, t.tail)
@@ -49,7 +34,7 @@ def reference_parameters(job: str, overrides: list[str]) -> dict:
     sched = make_schedule(opt, t.schedule, len(steps), int(round(t.warmup * len(steps))))
     for indices in steps:
         batch = train.batch(indices)
-        out = run_layers(list(layers.values()), batch[0])
+        out = model(*batch[0])
         loss = spec.loss(out, batch[1]) / spec.loss.count(batch[1])
         loss.backward()
         if t.max_grad_norm > 0:

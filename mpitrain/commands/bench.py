@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 import importlib
 
-HELP = "benchmarks against peers: allreduce, dp (training vs DDP), pipeline, ner-reference"
-BENCHES = {"allreduce": "allreduce", "dp": "dp_training", "pipeline": "pipeline",
+HELP = "benchmarks against peers: allreduce, dp (training vs DDP), pipeline, gpt, ner-reference"
+BENCHES = {"allreduce": "allreduce", "dp": "dp_training", "pipeline": "pipeline", "gpt": "gpt",
            "ner-reference": "ner_reference"}
 
 

@@ -27,6 +27,7 @@ from typing import Mapping, Sequence
 import h5py
 import numpy as np
 
+from mpitrain.data.lazy_h5 import LazyH5
 from mpitrain.errors import DataError, UsageError
 
 FORMAT_VERSION = 1
@@ -196,7 +197,7 @@ def prepare_lm(splits: Mapping[str, Sequence[str]], out_dir, *, block_size: int,
             "vocab_size": actual_vocab, "eos_id": eos_id, "tokens": tokens}
 
 
-class LMBlocks:
+class LMBlocks(LazyH5):
     """The blocks of one prepared split. The HDF5 file is opened on first read (again
     in each process, so the object can be pickled to MPI ranks or workers).
 
@@ -205,7 +206,7 @@ class LMBlocks:
     a padding slot: inputs ``<|endoftext|>``, targets -100 (ignored), not counted."""
 
     def __init__(self, path):
-        self.path, self._file, self._pid = Path(path), None, -1
+        self.path = Path(path)
         with self._open(keep=False) as f:
             version, shape = f.attrs.get("format_version"), f["blocks"].shape if "blocks" in f else None
             if version != FORMAT_VERSION or shape is None or shape[1] != f.attrs["block_size"] + 1:
@@ -215,37 +216,11 @@ class LMBlocks:
             self._vocab_size, self.eos_id = int(f.attrs["vocab_size"]), int(f.attrs["eos_id"])
             self.n_tokens = int(f.attrs["n_tokens"])
 
-    def _open(self, keep: bool = True) -> h5py.File:
-        if keep and self._file is not None and self._pid == os.getpid():
-            return self._file
-        try:
-            f = h5py.File(self.path, "r")
-        except OSError as e:
-            raise DataError(f"{self.path}: cannot open prepared data ({e}); "
-                            "run the prepare step again") from None
-        if keep:
-            self._file, self._pid = f, os.getpid()
-        return f
-
     block_size = property(lambda self: self._block_size, doc="tokens per input row")
     vocab_size = property(lambda self: self._vocab_size, doc="size of the tokenizer's vocabulary")
 
     def __len__(self) -> int:
         return self._len
-
-    def __getstate__(self):
-        return dict(self.__dict__, _file=None, _pid=-1)
-
-    def close(self) -> None:
-        if self._file is not None and self._pid == os.getpid():
-            self._file.close()
-        self._file = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     def batch(self, indices):
         import torch

@@ -15,14 +15,13 @@ it to ``transformer.wte.weight`` on load).
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
+from mpitrain.atomic import staged_dir
 from mpitrain.errors import UsageError
 from mpitrain.tasks.gpt.model import TIED_WEIGHTS, GPTConfig, parameter_shapes
 
@@ -125,34 +124,12 @@ def export_gpt2(out_dir: str | Path, config: GPTConfig, state: dict[str, torch.T
     tok_config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": eos_token, "eos_token": eos_token,
                   "unk_token": eos_token, "model_max_length": config.n_positions, "add_prefix_space": False,
                   "clean_up_tokenization_spaces": False}
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    with staged_dir(out_dir) as tmp:
         save_file(tensors, str(tmp / SAFETENSORS), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
         (tmp / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2) + "\n")
         shutil.copyfile(tokenizer_file, tmp / "tokenizer.json")
-        _replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Rename `src` to `dst`; an existing `dst` is moved aside first and restored on failure."""
-    if not dst.exists():
-        os.rename(src, dst)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
-    os.rename(dst, old / dst.name)
-    try:
-        os.rename(src, dst)
-    except BaseException:
-        os.rename(old / dst.name, dst)
-        raise
-    finally:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def load_exported_gpt2(model_dir: str | Path) -> tuple[GPTConfig, dict[str, torch.Tensor]]:

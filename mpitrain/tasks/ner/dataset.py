@@ -7,27 +7,24 @@ asks for. Each batch is padded to its own longest sentence.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Sequence
 
-import h5py
 import numpy as np
 import torch
 
+from mpitrain.data.lazy_h5 import LazyH5
 from mpitrain.errors import DataError
 from mpitrain.tasks.ner.prepare import FORMAT_VERSION
 from mpitrain.tasks.ner.tokenize import IGNORE
 
 
-class NerH5Dataset:
+class NerH5Dataset(LazyH5):
     """Sentences of one prepared split. ``batch(indices)`` gives padded tensors;
     an index of -1 is a padding slot and gives an all-masked row."""
 
     def __init__(self, path):
         self.path = Path(path)
-        self._file: h5py.File | None = None
-        self._pid = -1
         f = self._open()
         version = f.attrs.get("format_version")
         if version != FORMAT_VERSION:
@@ -40,34 +37,8 @@ class NerH5Dataset:
         self.offsets = f["offsets"][...]
         self.lengths = f["lengths"][...]
 
-    def _open(self) -> h5py.File:
-        if self._file is None or self._pid != os.getpid():
-            try:
-                self._file = h5py.File(self.path, "r")
-            except (OSError, FileNotFoundError) as e:
-                raise DataError(f"{self.path}:1: cannot open prepared data ({e}); "
-                                "run `python -m mpitrain prepare` again") from None
-            self._pid = os.getpid()
-        return self._file
-
     def __len__(self) -> int:
         return len(self.lengths)
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_file"], state["_pid"] = None, -1
-        return state
-
-    def close(self) -> None:
-        if self._file is not None and self._pid == os.getpid():
-            self._file.close()
-        self._file = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     @property
     def id2label(self) -> list[str]:

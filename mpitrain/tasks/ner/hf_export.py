@@ -8,13 +8,12 @@ and ``AutoTokenizer.from_pretrained(dir)`` load it. `load_exported` reads it bac
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
+from mpitrain.atomic import staged_dir
 from mpitrain.errors import UsageError
 from mpitrain.tasks.ner.bert import BertConfig, parameter_shapes
 from mpitrain.tasks.ner.hf_weights import PACKAGE_PREFIX, SAFETENSORS, HFWeights, global_to_hf, read_labels, \
@@ -90,35 +89,14 @@ def export_hf(out_dir: str | Path, config: BertConfig, named_tensors: dict[str, 
     tok_dir = _tokenizer_dir(tokenizer_dir)
 
     tensors = {global_to_hf(n): named_tensors[n].detach().to("cpu", copy=True).contiguous() for n in expected}
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    with staged_dir(out_dir) as tmp:
         save_file(tensors, str(tmp / SAFETENSORS), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(hf_config_dict(config, labels), indent=2) + "\n")
         for fname in TOKENIZER_FILES:
             if (tok_dir / fname).is_file():
                 shutil.copyfile(tok_dir / fname, tmp / fname)
         _check_target(out_dir, overwrite)
-        _replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    if not dst.exists():
-        os.rename(src, dst)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
-    os.rename(dst, old / dst.name)
-    try:
-        os.rename(src, dst)
-    except BaseException:
-        os.rename(old / dst.name, dst)
-        raise
-    finally:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def load_exported(model_dir: str | Path) -> tuple[BertConfig, list[str], HFWeights]:
