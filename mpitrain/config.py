@@ -86,7 +86,22 @@ class TrainSection:
     tail: str = opt("drop", "last partial global batch of an epoch: drop | pad", choices=("drop", "pad"))
 
 
-GENERIC_SECTIONS = ("job", "grid", "runtime", "comm", "pipeline", "train")
+@dataclass
+class CheckpointSection:
+    dir: str = opt("", "where checkpoints go (default RUN_DIR/checkpoints)")
+    every_steps: int = opt(0, "save every N optimizer steps (0 = not by steps)", min=0)
+    every_epoch: bool = opt(True, "save at the end of every epoch")
+    keep: int = opt(2, "keep the newest N checkpoints", min=1)
+    best_metric: str = opt("", "also keep the best checkpoint by this dev metric (e.g. 'f1', 'loss')")
+    best_mode: str = opt("max", "whether the best metric is the largest or the smallest: max | min",
+                         choices=("max", "min"))
+    resume: str = opt("auto", "auto (continue an unfinished run of this job from its newest valid "
+                              "checkpoint) | never | the path of a checkpoint to start from")
+    background: bool = opt(True, "write in a background thread; training is held only while the state "
+                                 "is copied to host memory")
+
+
+GENERIC_SECTIONS = ("job", "grid", "runtime", "comm", "pipeline", "train", "checkpoint")
 
 
 @dataclass
@@ -99,6 +114,7 @@ class JobConfig:
     comm: CommSection = field(default_factory=CommSection)
     pipeline: PipelineSection = field(default_factory=PipelineSection)
     train: TrainSection = field(default_factory=TrainSection)
+    checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
     task_sections: dict = field(default_factory=dict)  # name -> dataclass instance
     source: str = "<defaults>"  # the file it came from, for messages
     base_dir: str = "."         # where relative task paths are resolved (the job file's folder)

@@ -14,6 +14,8 @@ ones for free)::
     export(trainer, out_dir) -> str    optional: write the trained model (collective)
     describe(prepared) -> str          optional: what `prepare` made, for `mpitrain prepare`
     after_fit(trainer) -> None         optional: anything to do or show at the end (collective)
+    checkpoint_state(prepared) -> dict optional: facts (JSON) a checkpoint must match to be
+                                       resumed, e.g. the label list or the tokenizer's checksum
 
 A Dataset has ``__len__`` and ``batch(indices) -> Batch``: the inputs of the first
 layer, the targets of the loss, the number of loss terms and (for throughput)
@@ -31,7 +33,7 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 from .layers import LayerSpec
 
 REQUIRED_METHODS = ("datasets", "model")
-OPTIONAL_METHODS = ("prepare", "evaluate", "export", "describe", "after_fit")
+OPTIONAL_METHODS = ("prepare", "evaluate", "export", "describe", "after_fit", "checkpoint_state")
 
 
 class Batch(NamedTuple):

@@ -3,9 +3,11 @@ epochs, evaluates the dev split after each and the test split at the end, and
 exports the model when the task can.
 
 Results go to the run directory: metrics.jsonl (a line per logged step and per
-epoch), eval_dev.json, eval_test.json, and model/ (the task's export). A run
-directory that already holds results is never overwritten: the next free name
-(RUN_DIR-2, RUN_DIR-3, ...) is used instead."""
+epoch), eval_dev.json, eval_test.json, model/ (the task's export) and
+checkpoints/. The same job, unfinished, continues in its own run directory from
+its newest valid checkpoint; a finished run is never overwritten (the next free
+RUN_DIR-2, RUN_DIR-3, ... is used); a directory holding another job's run is
+refused."""
 from __future__ import annotations
 
 from importlib import resources
@@ -22,6 +24,9 @@ def default_job() -> str:
 
 def add_arguments(parser) -> None:
     add_job_arguments(parser, job_required=False)
+    parser.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
+                        help="continue an unfinished run of this job from its newest valid checkpoint "
+                             "(the default, [checkpoint] resume = \"auto\"), or start from CHECKPOINT")
 
 
 def run(args) -> int:
@@ -29,6 +34,8 @@ def run(args) -> int:
 
     if args.job is None:
         args.job = default_job()
+    if args.resume is not None:
+        args.set = list(args.set) + [f"checkpoint.resume={args.resume!r}".replace("'", '"')]
     trainer = Trainer(started=start_job(args))
     trainer.fit()
     trainer.close()

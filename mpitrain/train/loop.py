@@ -17,17 +17,20 @@ from .parallel import split_microbatches
 class EpochResult:
     epoch: int                  # 1-based
     loss: float | None          # mean train loss per loss term (rank 0 only)
-    tokens: int                 # tokens processed, all replicas
+    tokens: int                 # tokens processed by this call, all replicas
     seconds: float
     steps: int
 
 
-class _Window:
-    """Sums since the last report: loss and loss terms (last stages), tokens."""
+class Sums:
+    """Loss and loss terms (last stages) and tokens since `start`: of a logging
+    window, or of an epoch (`Trainer.epoch_totals`, saved with checkpoints)."""
 
     def __init__(self):
-        self.loss = 0.0
-        self.count = self.tokens = 0
+        self.restore(0.0, 0, 0)
+
+    def restore(self, loss: float, count: int, tokens: int) -> None:
+        self.loss, self.count, self.tokens = loss, count, tokens
         self.start = time.perf_counter()
 
     def add(self, result, tokens: int) -> None:
@@ -53,7 +56,10 @@ def run_epoch(trainer, epoch: int, start: int = 0, stop: int | None = None) -> E
     cfg, topo, model, t = trainer.cfg, trainer.topo, trainer.model, trainer.cfg.train
     shard = epoch_indices(len(trainer.train_set), epoch, cfg.job.seed, topo.coords.dp, topo.grid.dp,
                           t.global_batch, t.tail)
-    total, window = _Window(), _Window()
+    total, window = trainer.epoch_totals, Sums()
+    if start == 0:
+        total.restore(0.0, 0, 0)
+    total.start, tokens_before = time.perf_counter(), total.tokens
     steps = 0
     bar = progress(total=len(shard), initial=start, rank=topo.rank, desc=f"epoch {epoch + 1}", unit="step")
     for i in range(start, len(shard) if stop is None else min(stop, len(shard))):
@@ -89,7 +95,9 @@ def run_epoch(trainer, epoch: int, start: int = 0, stop: int | None = None) -> E
                                  f"grad norm {grad_norm:.3f}  {rate:,.0f} tokens/s")
                 trainer.metrics.write("step", step=trainer.step, epoch=epoch + 1, loss=mean, lr=lr,
                                       grad_norm=grad_norm, tokens_per_s=rate)
-            window = _Window()
+            window = Sums()
+        trainer.after_step()
     bar.close()
     seconds = time.perf_counter() - total.start
-    return EpochResult(epoch + 1, reduce_loss(topo, total.loss, total.count), total.tokens, seconds, steps)
+    return EpochResult(epoch + 1, reduce_loss(topo, total.loss, total.count), total.tokens - tokens_before,
+                       seconds, steps)

@@ -15,22 +15,14 @@ import torch
 from ..errors import ConfigError
 from ..failure import agree_or_exit, on_root_or_exit
 from ..runtime import Job, start_job
-from .loop import run_epoch
+from ..checkpoint.load import load_into, resume_latest
+from ..checkpoint.save import CheckpointSaver
+from .loop import Sums, run_epoch
 from .metrics import MetricsSink, numbers
 from .optim import make_optimizer, make_schedule
 from .parallel import ParallelModel
+from .run_dir import claim_run_dir, mark_finished
 from .state import load_optimizer_state, optimizer_state
-
-
-def choose_run_dir(base: str) -> str:
-    """`base`, or the first of base-2, base-3, ... that holds no results yet."""
-    path = Path(base)
-    n = 1
-    while (path / "metrics.jsonl").exists() or (path / "model").exists():
-        n += 1
-        path = Path(f"{base}-{n}")
-    path.mkdir(parents=True, exist_ok=True)
-    return str(path)
 
 
 def check_batch(cfg, dp: int, microbatches: int) -> None:
@@ -50,10 +42,12 @@ class Trainer:
     `task`: a task object or spec string (None = the job's `[job] task`);
     `job_file`: a TOML job file (None = defaults); `overrides`: "section.key=value" strings;
     keyword sections override keys by section. Collective: call it on every rank.
+    `training=False` (evaluation, export) claims no run directory, resumes and
+    saves nothing.
     """
 
     def __init__(self, task=None, job_file=None, *, overrides=(), verbose: bool = False,
-                 started: Job | None = None, **sections):
+                 started: Job | None = None, training: bool = True, **sections):
         started = started or start_job(job=job_file, overrides=overrides, task=task, sections=sections,
                                        verbose=verbose)
         self.cfg, self.topo, self.log = started.cfg, started.topo, started.log
@@ -62,7 +56,13 @@ class Trainer:
         pp = topo.grid.pp
         self.microbatches = cfg.pipeline.microbatches or (2 * pp if pp > 1 else 1)
         agree_or_exit(lambda: check_batch(cfg, topo.grid.dp, self.microbatches), topo.world)
-        self.run_dir = Path(on_root_or_exit(lambda: choose_run_dir(cfg.run_dir), topo.world))
+        ck = cfg.checkpoint
+        self.resuming = False
+        if training:
+            run_dir, self.resuming = on_root_or_exit(lambda: claim_run_dir(cfg, ck.resume == "auto"), topo.world)
+            self.run_dir = Path(run_dir)
+        else:
+            self.run_dir = Path(cfg.run_dir)
         self.prepared = on_root_or_exit(lambda: self.task.prepare(cfg), topo.world)
         self.datasets, self.spec = agree_or_exit(
             lambda: (self.task.datasets(cfg, self.prepared), self.task.model(cfg, self.prepared)), topo.world)
@@ -83,9 +83,52 @@ class Trainer:
         self.optimizer = make_optimizer(self.model.named_parameters(), t)
         self.scheduler = make_schedule(self.optimizer, t.schedule, self.total_steps,
                                        int(round(t.warmup * self.total_steps)))
-        self.metrics = MetricsSink(self.run_dir, topo.rank)
+        self.metrics = MetricsSink(self.run_dir, topo.rank if training else -1)
         self.step = self.epoch = self.step_in_epoch = 0
+        self.epoch_totals = Sums()
         torch.manual_seed(cfg.job.seed * 100003 + topo.rank)  # dropout draws, distinct per rank
+        self.checkpoint_root = Path(ck.dir) if ck.dir else self.run_dir / "checkpoints"
+        self.saver = None
+        if training:
+            self._resume()
+            if ck.every_steps or ck.every_epoch:
+                self.saver = CheckpointSaver(self, self.checkpoint_root, keep=ck.keep, background=ck.background,
+                                             best_metric=ck.best_metric, best_mode=ck.best_mode)
+
+    def _resume(self) -> None:
+        """Continue from a checkpoint when asked (after everything is built and seeded,
+        so that restoring the RNG is the last thing that touches it)."""
+        mode, log = self.cfg.checkpoint.resume, self.log
+        if mode == "auto" and self.resuming:
+            found = resume_latest(self, self.checkpoint_root, log)
+            if self.topo.rank == 0:
+                log.info(f"resumed from {found} at step {self.step} (epoch {self.epoch + 1}, step "
+                         f"{self.step_in_epoch} of it)" if found else
+                         f"no valid checkpoint in {self.checkpoint_root}; starting from the beginning")
+        elif mode not in ("auto", "never"):
+            self.load_checkpoint(mode)
+            if self.topo.rank == 0:
+                log.info(f"started from checkpoint {mode} at step {self.step}")
+
+    def load_checkpoint(self, path, with_optimizer: bool = True) -> dict:
+        """Load a named checkpoint on this layout (collective); a bad one is a one-line
+        error, once, exit code 2."""
+        return agree_or_exit(lambda: load_into(self, Path(path), with_optimizer), self.topo.world)
+
+    def task_state(self) -> dict:
+        """The task's own facts a checkpoint must agree with (JSON), e.g. its labels."""
+        fn = getattr(self.task, "checkpoint_state", None)
+        return fn(self.prepared) if fn else {}
+
+    def after_step(self) -> None:
+        """Called by the epoch loop after every optimizer step (collective)."""
+        if self.saver is None:
+            return
+        every = self.cfg.checkpoint.every_steps
+        if every and self.step % every == 0:
+            self.saver.save()
+        else:
+            self.saver.poll()
 
     def _build_model(self) -> ParallelModel:
         cfg, topo, spec = self.cfg, self.topo, self.spec
@@ -109,18 +152,25 @@ class Trainer:
         cfg, log, rank0 = self.cfg, self.log, self.topo.rank == 0
         while self.epoch < cfg.train.epochs and not self.done:
             result = run_epoch(self, self.epoch, start=self.step_in_epoch)
+            if self.step_in_epoch < self.steps_per_epoch:
+                break  # stopped by train.max_steps in the middle of the epoch
             dev = self.evaluate("dev") if "dev" in self.datasets else None
             if rank0:
                 rate = result.tokens / result.seconds if result.seconds else 0.0
                 log.info(f"epoch {result.epoch}: train loss {result.loss:.4f}, {result.steps} steps in "
                          f"{result.seconds:.1f} s, {rate:,.0f} tokens/s")
                 self._show("dev", dev, f" (epoch {result.epoch})")
-                self.metrics.write("epoch", epoch=result.epoch, train_loss=result.loss, steps=result.steps,
+                self.metrics.write("epoch", epoch=result.epoch, train_loss=result.loss, steps=self.step_in_epoch,
                                    seconds=result.seconds, tokens_per_s=rate, dev=numbers(dev))
                 if dev is not None:
                     self.metrics.write_json("eval_dev.json", {"epoch": result.epoch, **dev})
             self.epoch += 1
             self.step_in_epoch = 0
+            self.epoch_totals.restore(0.0, 0, 0)
+            if self.saver is not None and cfg.checkpoint.every_epoch:
+                self.saver.save(metrics=self.topo.world.bcast(numbers(dev), root=0))
+        if self.saver is not None:
+            self.saver.finish()
         final = {}
         if "test" in self.datasets:
             final = self.evaluate("test")
@@ -133,6 +183,8 @@ class Trainer:
             exported = self.task.export(self, self.run_dir / "model")
             if rank0 and exported:
                 log.info(f"model exported to {exported}")
+        if rank0:
+            mark_finished(self.run_dir, cfg)
         return final if rank0 else None
 
     @property

@@ -58,6 +58,12 @@ class GptTask(Task):
                 lines.append(f"{split:>5}: {prepared['tokens'][split]:>9} tokens, {len(ds):>7} blocks -> {path}")
         return "\n".join(lines)
 
+    def checkpoint_state(self, prepared: dict) -> dict:
+        """A checkpoint must be resumed with the same tokenizer."""
+        from .data import file_sha256
+
+        return {"tokenizer_sha256": file_sha256(prepared["tokenizer"]), "vocab_size": prepared["vocab_size"]}
+
     def datasets(self, cfg, prepared: dict) -> dict:
         return {s: FirstN(LMBlocks(prepared["paths"][s]), cfg.data.limit)
                 for s in SPLITS if s in prepared["paths"]}

@@ -129,6 +129,10 @@ class NerTask(Task):
                 lines.append(f"{split:>5}: {len(ds):>7} sentences, {int(ds.lengths.sum()):>9} sub-tokens -> {path}")
         return "\n".join(lines)
 
+    def checkpoint_state(self, prepared: PreparedData) -> dict:
+        """A checkpoint must be resumed with the same tag set."""
+        return {"labels": list(prepared.labels)}
+
     def datasets(self, cfg, prepared: PreparedData) -> dict:
         return {split: NerSplit(prepared.paths[split], cfg.data.limit) for split in SPLITS}
 

@@ -1,0 +1,86 @@
+"""Which run directory a run uses.
+
+A run records its job in RUN_DIR/run.json (the settings that define what is
+trained: task, seed, the task's sections and [train]; not the layout, which
+may change between a run and its resumption) and marks it finished at the end.
+
+* an empty or new directory is used;
+* the same job, unfinished, is continued in its own directory (a requeued
+  Slurm job finds its checkpoints by running the same command again), unless
+  `checkpoint.resume = "never"`;
+* the same job, finished, is never overwritten: the next free RUN_DIR-2,
+  RUN_DIR-3, ... is used;
+* a directory holding another job's run is refused with an error naming the
+  first setting that differs.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import ConfigError
+
+RUN_FILE = "run.json"
+LAYOUT_SECTIONS = ("grid", "runtime", "comm", "pipeline", "checkpoint")
+FREE_KEYS = {("job", "run_dir"), ("train", "log_every")}
+
+
+def identity(cfg) -> dict:
+    """What makes two runs the same job."""
+    out = {}
+    for section, values in cfg.to_dict().items():
+        if section in LAYOUT_SECTIONS:
+            continue
+        out[section] = {k: v for k, v in values.items() if (section, k) not in FREE_KEYS}
+    return out
+
+
+def first_difference(a: dict, b: dict) -> str:
+    for section in sorted(set(a) | set(b)):
+        x, y = a.get(section, {}), b.get(section, {})
+        for key in sorted(set(x) | set(y)):
+            if x.get(key) != y.get(key):
+                return f"[{section}] {key} = {y.get(key)!r} there, {x.get(key)!r} here"
+    return "none"
+
+
+def read_run(path: Path) -> dict | None:
+    try:
+        return json.loads((path / RUN_FILE).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def write_run(path: Path, job: dict, status: str) -> None:
+    tmp = path / f".{RUN_FILE}.tmp"
+    tmp.write_text(json.dumps({"job": job, "status": status}, indent=1) + "\n", encoding="utf-8")
+    tmp.replace(path / RUN_FILE)
+
+
+def has_results(path: Path) -> bool:
+    return (path / "metrics.jsonl").exists() or (path / "model").exists()
+
+
+def claim_run_dir(cfg, resume: bool) -> tuple[str, bool]:
+    """(run directory, whether it continues an unfinished run of this job); creates
+    it and records the job as running. Run on one rank."""
+    base, job = Path(cfg.run_dir), identity(cfg)
+    n = 1
+    while True:
+        path = base if n == 1 else Path(f"{base}-{n}")
+        run = read_run(path)
+        if run is None and not has_results(path):
+            path.mkdir(parents=True, exist_ok=True)
+            write_run(path, job, "running")
+            return str(path), False
+        if run is not None and run.get("job") != job and n == 1:
+            raise ConfigError(f"{cfg.source}: run directory {path} holds another job's run (first difference: "
+                              f"{first_difference(job, run.get('job') or {})}); set [job] run_dir or name to "
+                              f"a new directory, or move {path} away")
+        if run is not None and run.get("job") == job and run.get("status") != "finished" and resume:
+            return str(path), True
+        n += 1
+
+
+def mark_finished(path: str | Path, cfg) -> None:
+    write_run(Path(path), identity(cfg), "finished")
