@@ -123,3 +123,13 @@ def on_root_or_exit(step, comm, root: int = 0):
             sys.stderr.flush()
         sys.exit(2)
     return result
+
+
+def exit_everywhere(message: str, comm) -> None:
+    """Collective: every rank knows the same user-facing failure; rank 0 prints it
+    once and all ranks exit with code 2."""
+    if comm.Get_rank() == 0:
+        sys.stderr.write(f"mpitrain: error: {message}\n")
+        sys.stderr.flush()
+    sys.stdout.flush()
+    sys.exit(2)

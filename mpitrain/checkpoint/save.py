@@ -19,6 +19,7 @@ import threading
 import time
 from pathlib import Path
 
+from ..failure import exit_everywhere
 from . import rng
 from .files import CheckpointError, fsync_path, to_array, write_rank_file
 from .manifest import (FORMAT_VERSION, MANIFEST, checkpoint_name, committed, latest, read_manifest,
@@ -79,11 +80,18 @@ class CheckpointSaver:
         self.world = trainer.topo.world
         self.pending = None   # {name, tmp, thread, result, state, groups} of a save not yet committed
         self.blocked_s = []   # per save: seconds training was held (snapshot + synchronous part)
+        error = None
         if self.world.Get_rank() == 0:
-            self.root.mkdir(parents=True, exist_ok=True)
-            for stale in self.root.glob(".tmp-*"):  # saves cut short by a crash: never loaded
-                shutil.rmtree(stale, ignore_errors=True)
-        self.world.Barrier()
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+                for stale in self.root.glob(".tmp-*"):  # saves cut short by a crash: never loaded
+                    shutil.rmtree(stale, ignore_errors=True)
+            except OSError as e:
+                error = (f"[checkpoint] dir: cannot create {self.root} ({e.strerror}); choose a writable "
+                         "directory")
+        error = self.world.bcast(error, root=0)
+        if error:
+            exit_everywhere(error, self.world)
 
     # -- the three phases ---------------------------------------------------------------------
     def save(self, metrics: dict | None = None) -> None:
@@ -102,7 +110,7 @@ class CheckpointSaver:
                 error = f"cannot create {tmp} ({e.strerror}); free space or fix the permissions"
         error = self.world.bcast(error, root=0)
         if error:
-            raise CheckpointError(f"checkpoint {name}: {error}")
+            exit_everywhere(f"checkpoint {name}: {error}", self.world)
         part = snapshot(trainer)
         state = run_state(trainer, metrics) if self.world.Get_rank() == 0 else None
         self.pending = {"name": name, "tmp": tmp, "part": part, "state": state, "result": None}
@@ -163,11 +171,11 @@ class CheckpointSaver:
                            f"{self.root} and resume")
         outcome = self.world.bcast(outcome, root=0)
         if outcome:
-            raise CheckpointError(outcome)
+            exit_everywhere(outcome, self.world)
 
     def _publish(self, p: dict, parts: list) -> None:
         """Rank 0: manifest, rename into place, move `latest`, prune."""
-        tensors, files = {}, []
+        tensors = {}
         for entries, _, _ in parts:
             tensors.update(entries)
         files = sorted(f.name for f in p["tmp"].glob("rank-*.h5"))
