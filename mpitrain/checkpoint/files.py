@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import h5py
@@ -22,17 +23,22 @@ class CheckpointError(UsageError):
     """A checkpoint that cannot be used: one line naming the file and dataset."""
 
 
-def to_array(t: torch.Tensor) -> tuple[np.ndarray, str]:
-    """(host array, dtype name) of a tensor; a copy, safe to write while training goes on."""
+def to_array(t: torch.Tensor, out: np.ndarray | None = None) -> tuple[np.ndarray, str]:
+    """(host array, dtype name) of a tensor: a copy, safe to write while training goes
+    on, into `out` when it fits (reused buffers copy without page faults)."""
     t = t.detach()
     name = str(t.dtype).removeprefix("torch.")
     if t.dtype == torch.bfloat16:
         t = t.view(torch.int16)
+    if out is not None and out.shape == tuple(t.shape) and out.dtype == torch.empty(0, dtype=t.dtype).numpy().dtype:
+        torch.from_numpy(out).copy_(t)
+        return out, name
     return t.to("cpu", copy=True).contiguous().numpy(), name
 
 
 def from_array(a: np.ndarray, dtype: str) -> torch.Tensor:
-    t = torch.from_numpy(np.array(a, order="C", copy=True))  # keeps 0-d arrays 0-d
+    """A tensor over a freshly read array (no copy)."""
+    t = torch.from_numpy(a if a.ndim and a.flags.writeable else np.array(a))
     return t.view(torch.bfloat16) if dtype == "bfloat16" else t
 
 
@@ -54,15 +60,18 @@ def write_rank_file(path: Path, tensors: dict[str, tuple[np.ndarray, str]], rng:
     """Write one rank's file (tensors, its RNG state, attributes) and fsync it.
     Returns the manifest entries {key: {file, shape, dtype, crc32}}."""
     entries = {}
-    with h5py.File(path, "w") as f:
-        for key, (array, dtype) in tensors.items():
-            f.create_dataset(key, data=array)
-            entries[key] = {"file": path.name, "shape": list(array.shape), "dtype": dtype,
-                            "crc32": checksum(array)}
-        for key, array in rng.items():
-            f.create_dataset(f"rng/{key}", data=array)
-        for key, value in attrs.items():
-            f.attrs[key] = value
+    with ThreadPoolExecutor(max_workers=1) as pool:  # zlib releases the GIL: checksums overlap the writes
+        sums = {key: pool.submit(checksum, array) for key, (array, _) in tensors.items()}
+        with h5py.File(path, "w", libver="latest") as f:
+            for key, (array, dtype) in tensors.items():
+                f.create_dataset(key, data=array)
+                entries[key] = {"file": path.name, "shape": list(array.shape), "dtype": dtype}
+            for key, array in rng.items():
+                f.create_dataset(f"rng/{key}", data=array)
+            for key, value in attrs.items():
+                f.attrs[key] = value
+        for key, entry in entries.items():
+            entry["crc32"] = sums[key].result()
     fsync_path(path)
     return entries
 
@@ -73,11 +82,15 @@ def read_tensor(directory: Path, key: str, entry: dict, files: dict) -> torch.Te
     where = f"{path}: dataset {key}"
     try:
         f = files.get(path) or files.setdefault(path, h5py.File(path, "r"))
-        array = f[key][()]
+        dataset = f[key]
+        array = np.empty(dataset.shape, dataset.dtype)
+        if array.ndim and array.size:
+            dataset.read_direct(array)
+        elif array.size:
+            array[...] = dataset[()]
     except (OSError, KeyError) as e:
         raise CheckpointError(f"{where}: cannot be read ({e}); the file is truncated or corrupt, use an "
                               "earlier checkpoint") from None
-    array = np.asarray(array)
     if list(array.shape) != entry["shape"]:
         raise CheckpointError(f"{where}: shape {list(array.shape)} but the manifest says {entry['shape']}; "
                               "the file is corrupt, use an earlier checkpoint")

@@ -85,7 +85,7 @@ def apply(trainer, manifest: dict, part: dict, with_optimizer: bool) -> None:
     if not with_optimizer:
         return
     saved = {"param_groups": manifest["param_groups"], "state": part["optim"]}
-    load_optimizer_state(trainer.optimizer, trainer.model.named_parameters(), saved)
+    load_optimizer_state(trainer.optimizer, trainer.model.named_parameters(), saved, copy=False)
     state = manifest["state"]
     trainer.step, trainer.epoch, trainer.step_in_epoch = state["step"], state["epoch"], state["step_in_epoch"]
     sched = dict(state["scheduler"])

@@ -1,8 +1,9 @@
 """Saving a checkpoint (see `manifest.py` for the layout on disk).
 
-1. Snapshot (every rank, blocking, short): copies of this rank's tensors --
-   parameters and optimizer state under global names, written by data-parallel
-   replica 0 only -- its RNG state and epoch accumulators, into host memory.
+1. Snapshot (every rank, blocking, short): copies of this rank's share of its
+   stage's tensors -- parameters and optimizer state under global names; each
+   tensor is written by one data-parallel replica, the replicas sharing the
+   bytes -- its RNG state and epoch accumulators, into reused host buffers.
    Training may go on at once: the copies do not change.
 2. Write (every rank, in a background thread when `checkpoint.background`): its
    own HDF5 file in the temporary directory, fsync'd.
@@ -26,23 +27,39 @@ from .manifest import (FORMAT_VERSION, MANIFEST, checkpoint_name, committed, lat
                        set_latest, write_json_durably)
 
 
-def snapshot(trainer) -> dict:
-    """This rank's part of a checkpoint, as host copies (see the module doc)."""
+def writer_of(sizes: dict[str, int], replicas: int) -> dict[str, int]:
+    """Which data-parallel replica writes each tensor: the biggest first, each to the
+    replica with the fewest bytes so far (the same answer on every replica)."""
+    load = [0] * replicas
+    owner = {}
+    for key in sorted(sizes, key=lambda k: (-sizes[k], k)):
+        r = load.index(min(load))
+        owner[key] = r
+        load[r] += sizes[key]
+    return owner
+
+
+def snapshot(trainer, buffers: dict) -> dict:
+    """This rank's part of a checkpoint, as host copies (see the module doc). The
+    replicas of a stage hold the same values, so they share its writing.
+    `buffers` ({key: array}) are reused from save to save."""
     from ..train.state import optimizer_state
 
     topo = trainer.topo
-    tensors, groups = {}, []
-    if topo.coords.dp == 0:
-        named = trainer.model.named_parameters()
-        for name, t in trainer.model.stage.global_state_dict().items():
-            tensors[f"model/{name}"] = to_array(t)
-        opt = optimizer_state(trainer.optimizer, named)
-        for name, state in opt["state"].items():
-            for key, value in state.items():
-                tensors[f"optim/{name}/{key}"] = to_array(value)
-        groups = opt["param_groups"]
+    tensors = {f"model/{n}": t for n, t in trainer.model.stage.global_state_dict().items()}
+    opt = optimizer_state(trainer.optimizer, trainer.model.named_parameters(), copy=False)
+    for name, state in opt["state"].items():
+        for key, value in state.items():
+            tensors[f"optim/{name}/{key}"] = value
+    owner = writer_of({k: t.numel() * t.element_size() for k, t in tensors.items()}, topo.grid.dp)
+    mine = {}
+    for key, t in tensors.items():
+        if owner[key] == topo.coords.dp:
+            mine[key] = to_array(t, buffers.get(key))
+            buffers[key] = mine[key][0]
     totals = trainer.epoch_totals
-    return {"rank": topo.rank, "tensors": tensors, "groups": groups, "rng": rng.capture(),
+    return {"rank": topo.rank, "tensors": mine, "groups": opt["param_groups"] if topo.coords.dp == 0 else [],
+            "rng": rng.capture(),
             "attrs": {"rank": topo.rank, "format_version": FORMAT_VERSION, "loss_sum": totals.loss,
                       "loss_count": totals.count, "tokens": totals.tokens}}
 
@@ -80,6 +97,7 @@ class CheckpointSaver:
         self.world = trainer.topo.world
         self.pending = None   # {name, tmp, thread, result, state, groups} of a save not yet committed
         self.blocked_s = []   # per save: seconds training was held (snapshot + synchronous part)
+        self.buffers = {}     # host copies, reused from save to save
         error = None
         if self.world.Get_rank() == 0:
             try:
@@ -111,7 +129,7 @@ class CheckpointSaver:
         error = self.world.bcast(error, root=0)
         if error:
             exit_everywhere(f"checkpoint {name}: {error}", self.world)
-        part = snapshot(trainer)
+        part = snapshot(trainer, self.buffers)
         state = run_state(trainer, metrics) if self.world.Get_rank() == 0 else None
         self.pending = {"name": name, "tmp": tmp, "part": part, "state": state, "result": None}
         if self.background:
@@ -132,7 +150,7 @@ class CheckpointSaver:
             p["result"] = (write_rank_file(path, part["tensors"], part["rng"], part["attrs"]), None)
         except Exception as e:  # noqa: BLE001 - reported by the commit, on every rank
             p["result"] = (None, f"rank {part['rank']}: {type(e).__name__}: {e}")
-        part["tensors"] = None  # free the host copies
+        part["tensors"] = None
 
     def poll(self) -> None:
         """At a step boundary (collective): commit a background save once all ranks wrote."""

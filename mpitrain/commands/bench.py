@@ -6,8 +6,9 @@ from __future__ import annotations
 import argparse
 import importlib
 
-HELP = "benchmarks against peers: allreduce, dp (training vs DDP), pipeline, gpt, ner-reference"
+HELP = "benchmarks against peers: allreduce, dp (training vs DDP), pipeline, gpt, checkpoint, ner-reference"
 BENCHES = {"allreduce": "allreduce", "dp": "dp_training", "pipeline": "pipeline", "gpt": "gpt",
+           "checkpoint": "checkpoint",
            "ner-reference": "ner_reference"}
 
 

@@ -14,8 +14,9 @@ import torch
 from ..errors import UsageError
 
 
-def optimizer_state(optimizer: torch.optim.Optimizer, named_params) -> dict:
-    """`optimizer.state_dict()` with parameter positions replaced by global names."""
+def optimizer_state(optimizer: torch.optim.Optimizer, named_params, copy: bool = True) -> dict:
+    """`optimizer.state_dict()` with parameter positions replaced by global names
+    (`copy=False`: the live state tensors, for a caller that copies them itself)."""
     name_of = {id(p): n for n, p in named_params}
     groups, state = [], {}
     for group in optimizer.param_groups:
@@ -23,14 +24,15 @@ def optimizer_state(optimizer: torch.optim.Optimizer, named_params) -> dict:
         groups.append({**{k: v for k, v in group.items() if k != "params"}, "params": names})
         for n, p in zip(names, group["params"]):
             if p in optimizer.state:
-                state[n] = {k: (v.detach().clone() if torch.is_tensor(v) else v)
+                state[n] = {k: (v.detach().clone() if copy and torch.is_tensor(v) else v)
                             for k, v in optimizer.state[p].items()}
     return {"param_groups": groups, "state": state}
 
 
-def load_optimizer_state(optimizer: torch.optim.Optimizer, named_params, saved: dict) -> None:
+def load_optimizer_state(optimizer: torch.optim.Optimizer, named_params, saved: dict, copy: bool = True) -> None:
     """Restore `optimizer_state` output (entries of parameters not held here are ignored;
-    every parameter held here must be present)."""
+    every parameter held here must be present). `copy=False` adopts the given CPU
+    tensors instead of copying them."""
     name_of = {id(p): n for n, p in named_params}
     by_name = {n: g for g in saved["param_groups"] for n in g["params"]}
     for group in optimizer.param_groups:
@@ -41,11 +43,13 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, named_params, saved: 
                                  "belongs to another model")
             group.update({k: v for k, v in by_name[name].items() if k != "params"})
             if name in saved["state"]:
-                optimizer.state[p] = {k: _placed(v, p.device) for k, v in saved["state"][name].items()}
+                optimizer.state[p] = {k: _placed(v, p.device, copy) for k, v in saved["state"][name].items()}
 
 
-def _placed(value, device):
+def _placed(value, device, copy: bool = True):
     """Per-element state goes to the parameter's device; scalars (Adam's `step`) stay put."""
     if not torch.is_tensor(value):
         return value
-    return value.to(device, copy=True) if value.dim() else value.clone()
+    if value.dim():
+        return value.to(device, copy=copy)
+    return value.clone() if copy else value
