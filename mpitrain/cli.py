@@ -6,7 +6,7 @@ import sys
 
 from .errors import UsageError
 
-COMMANDS = ["train", "prepare", "plan", "eval", "export", "checkpoint", "selfcheck", "bench", "keys"]
+COMMANDS = ["train", "prepare", "plan", "submit", "eval", "export", "checkpoint", "selfcheck", "bench", "keys"]
 
 
 def _module(name: str):

@@ -101,7 +101,13 @@ class CheckpointSection:
                                  "is copied to host memory")
 
 
-GENERIC_SECTIONS = ("job", "grid", "runtime", "comm", "pipeline", "train", "checkpoint")
+@dataclass
+class SlurmSection:
+    max_requeues: int = opt(5, "requeues for the time limit at most (preemptions are not capped)", min=0)
+    requeue: bool = opt(True, "on the time-limit warning (SIGUSR2): checkpoint, then requeue the job")
+
+
+GENERIC_SECTIONS = ("job", "grid", "runtime", "comm", "pipeline", "train", "checkpoint", "slurm")
 
 
 @dataclass
@@ -115,6 +121,7 @@ class JobConfig:
     pipeline: PipelineSection = field(default_factory=PipelineSection)
     train: TrainSection = field(default_factory=TrainSection)
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
+    slurm: SlurmSection = field(default_factory=SlurmSection)
     task_sections: dict = field(default_factory=dict)  # name -> dataclass instance
     source: str = "<defaults>"  # the file it came from, for messages
     base_dir: str = "."         # where relative task paths are resolved (the job file's folder)

@@ -43,6 +43,9 @@ def start_job(args=None, *, job=None, overrides=(), task=None, sections=None, ve
     world = MPI.COMM_WORLD
 
     def load():
+        from .slurm.env import check_world as check_slurm_world
+
+        check_slurm_world(world.Get_size())
         cfg = load_job(job, overrides, task=task, sections=sections)
         check_world(cfg.grid.grid(), world.Get_size(), cfg.source)
         return cfg

@@ -30,6 +30,9 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    from ..slurm.stop import STOP
+
+    STOP.install()  # from the start: a stop signal during set-up is acted on at the first step
     from ..train.trainer import Trainer
 
     if args.job is None:

@@ -21,7 +21,7 @@ from pathlib import Path
 from ..errors import ConfigError
 
 RUN_FILE = "run.json"
-LAYOUT_SECTIONS = ("grid", "runtime", "comm", "pipeline", "checkpoint")
+LAYOUT_SECTIONS = ("grid", "runtime", "comm", "pipeline", "checkpoint", "slurm")
 FREE_KEYS = {("job", "run_dir"), ("train", "log_every")}
 
 
@@ -51,9 +51,9 @@ def read_run(path: Path) -> dict | None:
         return None
 
 
-def write_run(path: Path, job: dict, status: str) -> None:
+def write_run(path: Path, job: dict, status: str, **extra) -> None:
     tmp = path / f".{RUN_FILE}.tmp"
-    tmp.write_text(json.dumps({"job": job, "status": status}, indent=1) + "\n", encoding="utf-8")
+    tmp.write_text(json.dumps({"job": job, "status": status, **extra}, indent=1) + "\n", encoding="utf-8")
     tmp.replace(path / RUN_FILE)
 
 
@@ -61,9 +61,10 @@ def has_results(path: Path) -> bool:
     return (path / "metrics.jsonl").exists() or (path / "model").exists()
 
 
-def claim_run_dir(cfg, resume: bool) -> tuple[str, bool]:
-    """(run directory, whether it continues an unfinished run of this job); creates
-    it and records the job as running. Run on one rank."""
+def claim_run_dir(cfg, resume: bool, requeued: bool = False) -> tuple[str, str]:
+    """(run directory, "new" | "resume" | "finished"); creates it and records the job
+    as running. "finished": a requeued Slurm job whose run already ended (it must
+    not run again). Run on one rank."""
     base, job = Path(cfg.run_dir), identity(cfg)
     n = 1
     while True:
@@ -72,15 +73,28 @@ def claim_run_dir(cfg, resume: bool) -> tuple[str, bool]:
         if run is None and not has_results(path):
             path.mkdir(parents=True, exist_ok=True)
             write_run(path, job, "running")
-            return str(path), False
+            return str(path), "new"
         if run is not None and run.get("job") != job and n == 1:
             raise ConfigError(f"{cfg.source}: run directory {path} holds another job's run (first difference: "
                               f"{first_difference(job, run.get('job') or {})}); set [job] run_dir or name to "
                               f"a new directory, or move {path} away")
+        if run is not None and run.get("job") == job and run.get("status") == "finished" and requeued:
+            return str(path), "finished"
         if run is not None and run.get("job") == job and run.get("status") != "finished" and resume:
-            return str(path), True
+            return str(path), "resume"
         n += 1
 
 
+def count_time_requeue(path: str | Path, cap: int) -> bool:
+    """Record one more requeue for the time limit if fewer than `cap` were made."""
+    run = read_run(Path(path)) or {}
+    done = int(run.get("time_requeues", 0))
+    if done >= cap:
+        return False
+    write_run(Path(path), run.get("job"), run.get("status", "running"), time_requeues=done + 1)
+    return True
+
+
 def mark_finished(path: str | Path, cfg) -> None:
-    write_run(Path(path), identity(cfg), "finished")
+    run = read_run(Path(path)) or {}
+    write_run(Path(path), identity(cfg), "finished", time_requeues=run.get("time_requeues", 0))

@@ -8,6 +8,8 @@ optimizer and scheduler state under global parameter names, and the RNG.
 """
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import torch
@@ -16,12 +18,16 @@ from ..errors import ConfigError
 from ..failure import agree_or_exit, on_root_or_exit
 from ..runtime import Job, start_job
 from ..checkpoint.load import load_into, resume_latest
+from ..checkpoint.manifest import checkpoint_name
 from ..checkpoint.save import CheckpointSaver
+from ..slurm import env as slurm_env
+from ..slurm.requeue import requeue
+from ..slurm.stop import EXIT_REQUEUED, EXIT_STOPPED, NAMES, STOP, WARNED
 from .loop import Sums, run_epoch
 from .metrics import MetricsSink, numbers
 from .optim import make_optimizer, make_schedule
 from .parallel import ParallelModel
-from .run_dir import claim_run_dir, mark_finished
+from .run_dir import claim_run_dir, count_time_requeue, mark_finished
 from .state import load_optimizer_state, optimizer_state
 
 
@@ -59,8 +65,13 @@ class Trainer:
         ck = cfg.checkpoint
         self.resuming = False
         if training:
-            run_dir, self.resuming = on_root_or_exit(lambda: claim_run_dir(cfg, ck.resume == "auto"), topo.world)
-            self.run_dir = Path(run_dir)
+            requeued = slurm_env.in_allocation() and slurm_env.restart_count() > 0
+            run_dir, status = on_root_or_exit(lambda: claim_run_dir(cfg, ck.resume == "auto", requeued), topo.world)
+            if status == "finished":
+                if topo.rank == 0:
+                    self.log.info(f"{run_dir}: this job already finished; a requeued job does not run again")
+                raise SystemExit(0)
+            self.run_dir, self.resuming = Path(run_dir), status == "resume"
         else:
             self.run_dir = Path(cfg.run_dir)
         self.prepared = on_root_or_exit(lambda: self.task.prepare(cfg), topo.world)
@@ -89,6 +100,7 @@ class Trainer:
         torch.manual_seed(cfg.job.seed * 100003 + topo.rank)  # dropout draws, distinct per rank
         self.checkpoint_root = Path(ck.dir) if ck.dir else self.run_dir / "checkpoints"
         self.saver = None
+        self.stop = STOP.install() if training else None
         if training:
             self._resume()
             if ck.every_steps or ck.every_epoch:
@@ -115,6 +127,37 @@ class Trainer:
         error, once, exit code 2."""
         return agree_or_exit(lambda: load_into(self, Path(path), with_optimizer), self.topo.world)
 
+    def _stop(self, got: int) -> None:
+        """A stop signal reached some rank: every rank writes a committed checkpoint;
+        for the time-limit warning rank 0 requeues the job (up to slurm.max_requeues
+        times); then all ranks exit (EXIT_REQUEUED or EXIT_STOPPED)."""
+        cfg, log, world = self.cfg, self.log, self.topo.world
+        ck = cfg.checkpoint
+        saver = self.saver or CheckpointSaver(self, self.checkpoint_root, keep=ck.keep, background=False)
+        saver.save()
+        saver.finish()
+        code = EXIT_STOPPED
+        if self.topo.rank == 0:
+            log.info(f"{NAMES[got]} at step {self.step}: checkpoint {self.checkpoint_root / checkpoint_name(self.step)} "
+                     "committed")
+            if got == WARNED and cfg.slurm.requeue and slurm_env.in_allocation():
+                if count_time_requeue(self.run_dir, cfg.slurm.max_requeues):
+                    code = EXIT_REQUEUED
+                else:
+                    log.info(f"not requeued: {cfg.slurm.max_requeues} time-limit requeues made "
+                             "([slurm] max_requeues)")
+        code = world.bcast(code, root=0)
+        self.stop.uninstall()
+        world.Barrier()
+        sys.stdout.flush()
+        from mpi4py import MPI
+
+        MPI.Finalize()  # every rank is done with MPI before Slurm ends this incarnation
+        if code == EXIT_REQUEUED and self.topo.rank == 0 and not requeue(log):
+            code = EXIT_STOPPED
+        sys.stdout.flush()
+        os._exit(code)
+
     def task_state(self) -> dict:
         """The task's own facts a checkpoint must agree with (JSON), e.g. its labels."""
         fn = getattr(self.task, "checkpoint_state", None)
@@ -122,6 +165,10 @@ class Trainer:
 
     def after_step(self) -> None:
         """Called by the epoch loop after every optimizer step (collective)."""
+        if self.stop is not None:
+            got = self.stop.agreed(self.topo.world)
+            if got:
+                self._stop(got)
         if self.saver is None:
             return
         every = self.cfg.checkpoint.every_steps
