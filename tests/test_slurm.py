@@ -161,6 +161,7 @@ def test_no_sbatch_is_one_line(tmp_path):
 
 def test_world_must_match_slurm_ntasks():
     check_world(4, {"SLURM_JOB_ID": "7", "SLURM_NTASKS": "4"})
+    check_world(4, {"SLURM_JOB_ID": "7", "SLURM_STEP_NUM_TASKS": "1"})  # mpirun's helper step
     check_world(1, {})  # outside Slurm nothing is checked
     with pytest.raises(UsageError, match="Slurm started 4 tasks but MPI sees a world of 1"):
         check_world(1, {"SLURM_JOB_ID": "7", "SLURM_NTASKS": "4"})

@@ -34,6 +34,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--launcher", choices=LAUNCHERS, default="srun",
                         help="srun (with --mpi) or mpirun inside the allocation")
     parser.add_argument("--mpi", default="pmi2", help="srun's --mpi plugin: pmi2 or pmix, as your MPI supports")
+    parser.add_argument("--mpirun", default="", metavar="PATH",
+                        help="launcher = mpirun: the program (default: mpirun or mpiexec on PATH, else next to python)")
     parser.add_argument("--signal-lead", type=int, default=120, metavar="SECS",
                         help="seconds before the time limit to stop, checkpoint and requeue")
     parser.add_argument("--array", default="", metavar="KEY=V1,V2,...", help="sweep a job-file key as a job array")
@@ -79,7 +81,17 @@ def build_request(args):
                    name=cfg.job.name, run_dir=str(run_dir), world=world, nodes=nodes, ntasks_per_node=per_node,
                    cpus_per_task=args.cpus_per_task, gpus_per_node=args.gpus_per_node, time=args.time,
                    partition=args.partition, account=args.account, launcher=args.launcher, mpi=args.mpi,
-                   signal_lead=args.signal_lead, overrides=list(args.set), array_key=key, array_values=values)
+                   signal_lead=args.signal_lead, overrides=list(args.set), array_key=key, array_values=values,
+                   mpirun=args.mpirun or find_mpirun())
+
+
+def find_mpirun() -> str:
+    """mpirun or mpiexec on PATH, else the one installed next to this Python (the mpich wheel's)."""
+    found = shutil.which("mpirun") or shutil.which("mpiexec")
+    if found:
+        return found
+    here = Path(sys.executable).parent / "mpiexec"
+    return str(here) if here.exists() else "mpirun"
 
 
 def sbatch(script: Path) -> str:

@@ -12,9 +12,11 @@ def in_allocation(env=os.environ) -> bool:
 
 
 def check_world(world_size: int, env=os.environ) -> None:
-    """Inside an allocation, the MPI world must hold SLURM_NTASKS ranks."""
+    """Inside an allocation, tasks that each see an MPI world of one rank mean a
+    launcher without PMI (with mpirun inside the allocation, Slurm's task count
+    describes mpirun's own helpers, so only this case is certain)."""
     ntasks = env.get("SLURM_STEP_NUM_TASKS") or env.get("SLURM_NTASKS")
-    if not in_allocation(env) or not ntasks or int(ntasks) == world_size:
+    if not in_allocation(env) or not ntasks or int(ntasks) <= 1 or world_size > 1:
         return
     raise UsageError(f"Slurm started {ntasks} tasks but MPI sees a world of {world_size} rank(s): the launcher "
                      "did not wire up PMI, so each task would train alone; launch with `srun --mpi=pmi2` (or "

@@ -29,6 +29,7 @@ class Request:
     account: str = ""
     launcher: str = "srun"
     mpi: str = "pmi2"
+    mpirun: str = "mpirun"     # the launcher program for launcher = "mpirun"
     signal_lead: int = 120
     overrides: list = field(default_factory=list)
     array_key: str = ""
@@ -87,7 +88,7 @@ def render(r: Request) -> str:
     else:
         lines += ["# mpiexec does not pass the signal on: the trap leaves a file that rank 0 looks for.",
                   f"export MPITRAIN_STOP_FILE={q(r.run_dir)}/.stop-$SLURM_JOB_ID",
-                  f"mpirun -n {r.world} {command} &",
+                  f"{q(r.mpirun)} -n {r.world} {command} &",
                   "pid=$!",
                   f"trap 'touch \"$MPITRAIN_STOP_FILE\"' {SIGNAL_NAME}",
                   "wait $pid; status=$?",
