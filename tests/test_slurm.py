@@ -104,6 +104,61 @@ def test_time_limit_requeues_are_capped(tmp_path, prep):
 
 
 @needs_slurm
+def test_sigterm_checkpoints_and_stops_without_requeue(tmp_path, prep):
+    run_dir = tmp_path / "term"
+    job = submit([JOB, *sets(run_dir, prep, LONG + ["train.epochs=40"])])
+    wait_for(lambda: steps_logged(run_dir) >= 5, 180, "training to start")
+    subprocess.run(["scancel", "--signal=TERM", job], check=True, timeout=30)
+    info = wait_done(job)
+    log = log_text(run_dir)
+    assert "SIGTERM at step" in log and "requeued" not in log, log[-2000:]
+    assert info["Restarts"] == "0" and info["ExitCode"].startswith("76"), info
+    latest = (run_dir / "checkpoints" / "latest").read_text().strip()
+    assert f"checkpoint {run_dir / 'checkpoints' / latest} committed" in log
+
+
+def test_a_finished_run_is_not_run_again_when_requeued(tmp_path):
+    from mpitrain.jobfile import load_job
+    from mpitrain.train.run_dir import claim_run_dir, mark_finished
+
+    cfg = load_job(JOB, [f'job.run_dir="{tmp_path}/run"'])
+    path, status = claim_run_dir(cfg, resume=True)
+    assert status == "new"
+    assert claim_run_dir(cfg, resume=True) == (path, "resume")
+    mark_finished(path, cfg)
+    assert claim_run_dir(cfg, resume=True, requeued=True) == (path, "finished")
+    assert claim_run_dir(cfg, resume=True) == (f"{path}-2", "new")  # run by hand again: a new run
+
+
+@needs_slurm
+def test_without_scontrol_a_follow_up_job_continues_the_run(tmp_path, prep):
+    """PATH without scontrol (as in a container): the stopped job is not requeued;
+    the follow-up job submitted with it resumes and finishes the run."""
+    import shutil
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("sbatch", "srun", "squeue", "sinfo", "scancel"):
+        (bin_dir / tool).symlink_to(shutil.which(tool))
+    run_dir = tmp_path / "run"
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.path.dirname(sys.executable)}")
+    result = subprocess.run([sys.executable, "-m", "mpitrain", "submit", JOB, "--follow-ups", "1",
+                             *sets(run_dir, prep, LONG)], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                            env=env)
+    assert result.returncode == 0, result.stderr
+    first = result.stdout.split("submitted Slurm job ")[1].split()[0]
+    follow = result.stdout.split("follow-up jobs (each after the previous ends): ")[1].split()[0]
+    wait_for(lambda: steps_logged(run_dir) >= 8, 180, "training to reach step 8")
+    signal_job(first)
+    assert wait_done(first)["ExitCode"].startswith("76")
+    info = wait_done(follow)
+    log = log_text(run_dir)
+    assert info["JobState"] == "COMPLETED", (info, log[-2000:])
+    assert "scontrol not found" in log and "resumed from" in log
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "finished"
+
+
+@needs_slurm
 def test_array_sweep_gives_one_run_per_value(tmp_path, prep):
     base = tmp_path / "sweep"
     job = submit([JOB, "--array", "train.lr=0.1,0.2", *sets(base, prep, ["train.epochs=1"])])

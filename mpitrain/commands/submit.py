@@ -39,6 +39,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--signal-lead", type=int, default=120, metavar="SECS",
                         help="seconds before the time limit to stop, checkpoint and requeue")
     parser.add_argument("--array", default="", metavar="KEY=V1,V2,...", help="sweep a job-file key as a job array")
+    parser.add_argument("--follow-ups", type=int, default=0, metavar="N",
+                        help="also submit N jobs that each start when the previous one ends (afterany) and "
+                             "continue the run: for sites or containers without scontrol")
     parser.add_argument("--dry-run", action="store_true", help="print the batch script, submit nothing")
 
 
@@ -59,6 +62,10 @@ def build_request(args):
     from ..slurm.script import Request
 
     key, values = parse_array(args.array)
+    if args.follow_ups and values:
+        raise UsageError("--follow-ups with --array: give one or the other (arrays are requeued with scontrol)")
+    if args.follow_ups < 0:
+        raise UsageError(f"--follow-ups {args.follow_ups}: give 0 or more")
     cfg = load_job(args.job, args.set)
     for v in values:  # every swept value must make a valid job
         try:
@@ -94,11 +101,12 @@ def find_mpirun() -> str:
     return str(here) if here.exists() else "mpirun"
 
 
-def sbatch(script: Path) -> str:
+def sbatch(script: Path, *options: str) -> str:
     if shutil.which("sbatch") is None:
         raise UsageError("sbatch not found: submit from a Slurm login node (or start a local one: "
                          "bash slurm/local-cluster.sh start)")
-    result = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(["sbatch", "--parsable", *options, str(script)], capture_output=True, text=True,
+                            timeout=120)
     if result.returncode != 0:
         message = " ".join(result.stderr.split()) or f"exit code {result.returncode}"
         raise UsageError(f"sbatch refused {script}: {message}; fix the submit options")
@@ -119,9 +127,16 @@ def run(args) -> int:
     script = run_dir / "submit.sbatch"
     script.write_text(text)
     job_id = agree_or_exit(lambda: sbatch(script))
+    follow_ups, previous = [], job_id
+    for _ in range(args.follow_ups):  # each resumes the run if it is not finished, else ends at once
+        previous = agree_or_exit(lambda: sbatch(script, f"--dependency=afterany:{previous}",
+                                                "--export=ALL,MPITRAIN_FOLLOW_UP=1"))
+        follow_ups.append(previous)
     pattern = "slurm-%x-%A_%a.out" if request.array_values else "slurm-%x-%j.out"
     log = run_dir / pattern.replace("%x", request.name).replace("%j", job_id).replace("%A", job_id)
     print(f"submitted Slurm job {job_id} ({request.world} ranks): script {script}")
     print(f"log: {log}" + (" (one per array task: %a = 0, 1, ...)" if request.array_values else ""))
     print(f"follow: squeue -j {job_id}; tail -f {str(log).replace('%a', '0')}")
+    if follow_ups:
+        print(f"follow-up jobs (each after the previous ends): {' '.join(follow_ups)}")
     return 0

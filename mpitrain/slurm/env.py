@@ -32,3 +32,9 @@ def requeue_id(env=os.environ) -> str | None:
 
 def restart_count(env=os.environ) -> int:
     return int(env.get("SLURM_RESTART_COUNT") or 0)
+
+
+def continues_a_run(env=os.environ) -> bool:
+    """A requeued job, or a follow-up job (`submit --follow-ups`): it continues the
+    run it belongs to, and does nothing if that run has finished."""
+    return in_allocation(env) and (restart_count(env) > 0 or bool(env.get("MPITRAIN_FOLLOW_UP")))

@@ -14,7 +14,7 @@ def requeue(log) -> bool:
     if job is None:
         return False
     if shutil.which("scontrol") is None:
-        log.warning("scontrol not found: the follow-up job submitted with the run (if any) continues it")
+        log.warning("scontrol not found: not requeued; a follow-up job (submit --follow-ups) continues the run")
         return False
     result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
     if result.returncode != 0:

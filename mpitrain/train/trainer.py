@@ -65,7 +65,7 @@ class Trainer:
         ck = cfg.checkpoint
         self.resuming = False
         if training:
-            requeued = slurm_env.in_allocation() and slurm_env.restart_count() > 0
+            requeued = slurm_env.continues_a_run()
             run_dir, status = on_root_or_exit(lambda: claim_run_dir(cfg, ck.resume == "auto", requeued), topo.world)
             if status == "finished":
                 if topo.rank == 0:
