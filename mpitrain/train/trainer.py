@@ -14,12 +14,13 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ConfigError
-from ..failure import agree_or_exit, on_root_or_exit
-from ..runtime import Job, start_job
 from ..checkpoint.load import load_into, resume_latest
 from ..checkpoint.manifest import checkpoint_name
 from ..checkpoint.save import CheckpointSaver
+from ..data.sharding import steps_per_epoch
+from ..errors import ConfigError
+from ..failure import agree_or_exit, on_root_or_exit
+from ..runtime import Job, start_job
 from ..slurm import env as slurm_env
 from ..slurm.requeue import requeue
 from ..slurm.stop import EXIT_REQUEUED, EXIT_STOPPED, NAMES, STOP, WARNED
@@ -75,10 +76,7 @@ class Trainer:
         else:
             self.run_dir = Path(cfg.run_dir)
         self.prepared = on_root_or_exit(lambda: self.task.prepare(cfg), topo.world)
-        self.datasets, self.spec = agree_or_exit(
-            lambda: (self.task.datasets(cfg, self.prepared), self.task.model(cfg, self.prepared)), topo.world)
-        if "train" not in self.datasets:
-            raise ConfigError(f"task {cfg.job.task!r}: datasets() has no 'train' split")
+        self.datasets, self.spec = agree_or_exit(lambda: self._task_parts(), topo.world)
         self.train_set = self.datasets["train"]
         if self.topo.rank == 0:
             self.log.info(f"{cfg.job.name}: task {cfg.job.task}, {topo.size} ranks = dp {topo.grid.dp} x "
@@ -86,8 +84,6 @@ class Trainer:
                           f"{cfg.pipeline.schedule}; run dir {self.run_dir}")
         self.model = self._build_model()
         t = cfg.train
-        from ..data.sharding import steps_per_epoch
-
         self.steps_per_epoch = steps_per_epoch(len(self.train_set), t.global_batch, t.tail)
         total = self.steps_per_epoch * t.epochs
         self.total_steps = min(total, t.max_steps) if t.max_steps else total
@@ -176,6 +172,13 @@ class Trainer:
             self.saver.save()
         else:
             self.saver.poll()
+
+    def _task_parts(self):
+        datasets = self.task.datasets(self.cfg, self.prepared)
+        if "train" not in datasets:
+            raise ConfigError(f"task {self.cfg.job.task!r}: datasets() has no 'train' split; return "
+                              "{'train': ..., 'dev': ...}")
+        return datasets, self.task.model(self.cfg, self.prepared)
 
     def _build_model(self) -> ParallelModel:
         cfg, topo, spec = self.cfg, self.topo, self.spec
