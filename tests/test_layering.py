@@ -7,7 +7,7 @@ import pytest
 
 PKG = Path(__file__).resolve().parent.parent / "mpitrain"
 GENERIC = ["config.py", "jobfile.py", "task.py", "layers.py", "runtime.py", "model_plan.py", "topology.py",
-           "commands", "train", "pipeline", "dp", "comm", "data"]
+           "commands", "train", "pipeline", "dp", "comm", "data", "tp", "checkpoint", "slurm"]
 
 
 def imports(path: Path) -> set[str]:

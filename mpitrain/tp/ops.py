@@ -1,0 +1,69 @@
+"""The communication of tensor parallelism as autograd functions over the
+tensor group (an mpi4py communicator):
+
+    copy_to_group      forward: identity      backward: all-reduce (sum)
+    reduce_from_group  forward: all-reduce    backward: identity
+    gather_last_dim    forward: all-gather    backward: this rank's slice
+
+Activations are small and latency-bound, so they go through MPI_Allreduce /
+MPI_Allgather directly rather than the chunked ring (which pays off for large
+gradient buckets)."""
+from __future__ import annotations
+
+import torch
+
+
+def allreduce(t: torch.Tensor, comm, op=None) -> torch.Tensor:
+    from mpi4py import MPI
+
+    buf = t.detach().to("cpu", copy=True).contiguous()
+    comm.Allreduce(MPI.IN_PLACE, buf.numpy(), op=op or MPI.SUM)
+    return buf.to(t.device)
+
+
+class _Copy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, comm):
+        ctx.comm = comm
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return allreduce(grad, ctx.comm), None
+
+
+class _Reduce(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, comm):
+        return allreduce(x, comm)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+class _Gather(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, comm):
+        ctx.comm, ctx.width = comm, x.shape[-1]
+        local = x.detach().to("cpu", copy=True).contiguous()
+        out = torch.empty((comm.Get_size(),) + tuple(local.shape), dtype=local.dtype)
+        comm.Allgather(local.numpy(), out.numpy())
+        return torch.cat(list(out), dim=-1).to(x.device)
+
+    @staticmethod
+    def backward(ctx, grad):
+        r, w = ctx.comm.Get_rank(), ctx.width
+        return grad[..., r * w:(r + 1) * w].contiguous(), None
+
+
+def copy_to_group(x, comm):
+    return _Copy.apply(x, comm)
+
+
+def reduce_from_group(x, comm):
+    return _Reduce.apply(x, comm)
+
+
+def gather_last_dim(x, comm):
+    return _Gather.apply(x, comm)

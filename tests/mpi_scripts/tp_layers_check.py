@@ -1,0 +1,82 @@
+"""Tensor-parallel layers against their dense versions, forward and backward,
+with the whole world as the tensor group. Prints "TP OK <size>" on rank 0."""
+import torch
+import torch.nn.functional as F
+from mpi4py import MPI
+from torch import nn
+
+from mpitrain.tp.cross_entropy import vocab_parallel_cross_entropy
+from mpitrain.tp.layers import (ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding, padded_vocab,
+                                shard_range)
+
+comm = MPI.COMM_WORLD
+r, n = comm.Get_rank(), comm.Get_size()
+TOL = 1e-6
+
+
+def close(a, b, what):
+    err = float((a - b).abs().max()) if a.numel() else 0.0
+    assert err < TOL, f"rank {r}: {what} differs by {err:.2e}"
+
+
+torch.manual_seed(0)  # the same dense layers and data on every rank
+x = torch.randn(4, 8)
+up, down = nn.Linear(8, 16), nn.Linear(16, 8)
+grad_out = torch.randn(4, 8)
+
+# MLP: column-parallel then row-parallel, against dense
+xd = x.clone().requires_grad_(True)
+dense = down(F.gelu(up(xd)))
+dense.backward(grad_out)
+col, row = ColumnParallelLinear.from_dense(up, comm), RowParallelLinear.from_dense(down, comm)
+xt = x.clone().requires_grad_(True)
+out = row(F.gelu(col(xt)))
+out.backward(grad_out)
+a, b = shard_range(16, r, n)
+close(out, dense, "MLP output")
+close(xt.grad, xd.grad, "MLP input gradient")
+close(col.weight.grad, up.weight.grad[a:b], "column weight gradient")
+close(col.bias.grad, up.bias.grad[a:b], "column bias gradient")
+close(row.weight.grad, down.weight.grad[:, a:b], "row weight gradient")
+close(row.bias.grad, down.bias.grad, "row (replicated) bias gradient")
+assert (col.weight.tp_split, row.weight.tp_split, row.bias.tp_split) == (0, 1, None)
+
+# column-parallel with gathered output
+lin = nn.Linear(8, 12)
+xg = x.clone().requires_grad_(True)
+g = ColumnParallelLinear.from_dense(lin, comm, gather_output=True)(xg)
+close(g, lin(x), "gathered column output")
+g.sum().backward()
+xr = x.clone().requires_grad_(True)
+lin(xr).sum().backward()
+close(xg.grad, xr.grad, "gathered column input gradient")
+
+# vocabulary-parallel embedding; 11 rows do not divide by 2 or 4
+emb = nn.Embedding(11, 6)
+ids = torch.tensor([[0, 10, 5, 3], [7, 7, 1, 9]])
+vp = VocabParallelEmbedding.from_dense(emb, comm)
+e = vp(ids)
+close(e, emb(ids), "embedding output")
+e.backward(torch.ones_like(e))
+emb(ids).backward(torch.ones_like(e))
+per = padded_vocab(11, n) // n
+full_grad = torch.cat([emb.weight.grad, torch.zeros(padded_vocab(11, n) - 11, 6)])
+close(vp.weight.grad, full_grad[r * per:(r + 1) * per], "embedding gradient")
+
+# vocabulary-parallel cross-entropy with padded columns and ignored targets
+logits = torch.randn(6, 11)
+targets = torch.tensor([0, 10, -100, 4, 5, 9])
+ld = logits.clone().requires_grad_(True)
+dense_loss = F.cross_entropy(ld, targets, ignore_index=-100, reduction="none")
+dense_loss.sum().backward()
+padded = torch.cat([logits, torch.randn(6, padded_vocab(11, n) - 11)], dim=-1)  # junk in the padding
+local = padded[:, r * per:(r + 1) * per].clone().requires_grad_(True)
+loss = vocab_parallel_cross_entropy(local, targets, comm, vocab=11)
+close(loss, dense_loss, "cross-entropy")
+loss.sum().backward()
+gfull = torch.cat([ld.grad, torch.zeros(6, padded_vocab(11, n) - 11)], dim=-1)
+close(local.grad, gfull[:, r * per:(r + 1) * per], "cross-entropy gradient")
+
+comm.Barrier()
+if r == 0:
+    print(f"TP OK {n}", flush=True)
