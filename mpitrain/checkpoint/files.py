@@ -99,9 +99,11 @@ def read_tensor(directory: Path, key: str, entry: dict, files: dict) -> torch.Te
     return from_array(array, entry["dtype"])
 
 
-def read_rng(path: Path) -> dict[str, np.ndarray]:
+def read_rank_state(path: Path) -> tuple[dict[str, np.ndarray], dict]:
+    """A rank file's RNG states and attributes (epoch accumulators)."""
     with h5py.File(path, "r") as f:
-        return {k: f["rng"][k][()] for k in f["rng"]} if "rng" in f else {}
+        rng = {k: f["rng"][k][()] for k in f["rng"]} if "rng" in f else {}
+        return rng, dict(f.attrs)
 
 
 def close_all(files: dict) -> None:

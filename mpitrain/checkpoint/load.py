@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import UsageError
-from .files import CheckpointError, close_all, read_rng, read_tensor
+from .files import CheckpointError, close_all, read_rank_state, read_tensor
 from .manifest import candidates, read_manifest
 
 
@@ -68,11 +68,8 @@ def read_part(trainer, directory: Path, manifest: dict, all_names, with_optimize
     if manifest["layout"] == _layout(trainer):
         path = directory / f"rank-{trainer.topo.rank:05d}.h5"
         try:
-            part["rng"] = read_rng(path)
-            import h5py
-
-            with h5py.File(path, "r") as f:
-                part["totals"] = (float(f.attrs["loss_sum"]), int(f.attrs["loss_count"]), int(f.attrs["tokens"]))
+            part["rng"], attrs = read_rank_state(path)
+            part["totals"] = (float(attrs["loss_sum"]), int(attrs["loss_count"]), int(attrs["tokens"]))
         except (OSError, KeyError) as e:
             raise CheckpointError(f"{path}: cannot be read ({e}); use an earlier checkpoint") from None
     return part
