@@ -33,7 +33,7 @@ class JobSection:
 class GridSection:
     dp: int = opt(1, "data-parallel replicas", min=1)
     pp: int = opt(1, "pipeline stages", min=1)
-    tp: int = opt(1, "tensor-parallel shards (only 1 is supported yet)", min=1, max=1)
+    tp: int = opt(1, "tensor-parallel shards: each layer's weight matrices split over tp ranks", min=1)
 
     def grid(self) -> Grid:
         return Grid(self.dp, self.pp, self.tp)

@@ -13,6 +13,11 @@ not floating point (e.g. an attention mask) pass through and carry no gradient.
 Parameters are named globally as ``f"{layer.name}.{param_name}"`` so checkpoints
 load under any partition.
 
+Tensor parallelism (tp > 1): a layer is still built whole, then a module with a
+``parallelize(ctx)`` method replaces its own sub-layers by their column-,
+row- or vocabulary-parallel versions (`mpitrain.tp.layers`). A layer without
+one is replicated: every shard of the tensor group computes all of it.
+
 A builder takes no argument, or one: a `BuildContext` with the device, dtype,
 the rank's grid coordinates and its communicators (a tensor-parallel layer
 needs to know its shard). Without a running grid the context describes a
@@ -88,7 +93,21 @@ def build_layer(spec: LayerSpec, seed: int, device: torch.device | str = "cpu",
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(layer_seed(seed, spec.name))
         module = call_builder(spec, ctx)
+    if ctx is not None and ctx.tp_size > 1:
+        shard_layer(module, ctx)
     return module.to(device)
+
+
+def shard_layer(module: nn.Module, ctx: BuildContext) -> None:
+    """Tensor parallelism: a layer built whole (so it starts as in one process) is cut
+    into this rank's shard by its `parallelize(ctx)` method, if it has one; every
+    parameter it does not split is replicated in the tensor group."""
+    from .tp.layers import replicate
+
+    parallelize = getattr(module, "parallelize", None)
+    if callable(parallelize):
+        parallelize(ctx)
+    replicate(module)
 
 
 def as_tuple(x) -> tuple:

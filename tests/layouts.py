@@ -47,14 +47,15 @@ def reference_parameters(job: str, overrides: list[str]) -> dict:
     return final, moved
 
 
-def train_layout(tmp: Path, job: str, overrides: list[str], dp: int, pp: int, extra=(), timeout=240):
-    """Run the layout under mpiexec; {rank: {global name: array}}."""
+def train_layout(tmp: Path, job: str, overrides: list[str], dp: int, pp: int, extra=(), timeout=240, tp: int = 1):
+    """Run the layout under mpiexec; {rank: {global name: array}} (tensor shards joined)."""
     args = ["tests/mpi_scripts/layout_train.py", tmp, job, *extra]
-    for s in [f"grid.dp={dp}", f"grid.pp={pp}", *overrides]:
+    for s in [f"grid.dp={dp}", f"grid.pp={pp}", f"grid.tp={tp}", *overrides]:
         args += ["--set", s]
-    result = run_mpi(dp * pp, args, timeout=timeout)
+    n = dp * pp * tp
+    result = run_mpi(n, args, timeout=timeout)
     assert result.returncode == 0, result.stderr[-3000:]
-    return {r: dict(np.load(tmp / f"rank-{r}.npz")) for r in range(dp * pp)}
+    return {r: dict(np.load(tmp / f"rank-{r}.npz")) for r in range(n)}
 
 
 def worst_difference(ranks: dict, reference: dict) -> float:

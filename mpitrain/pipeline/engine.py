@@ -113,6 +113,7 @@ class PipelineEngine:
             self.tied.sync_values()
         self._plans: dict[int, list] = {}
         self.stats = StepStats()
+        self.tp_comm = None  # the tensor group, when parameters are split over one (for clipping)
 
     # -- public -------------------------------------------------------------------------------
     def named_parameters(self):
@@ -147,7 +148,7 @@ class PipelineEngine:
     def clip_grad_norm_(self, max_norm: float) -> float:
         """Global gradient-norm clipping over the whole pipeline (collective on pp_comm)."""
         exclude = self.tied.duplicates() if self.tied else set()
-        return clip_grad_norm_(self.parameters(), max_norm, self.comm, exclude)
+        return clip_grad_norm_(self.parameters(), max_norm, self.comm, exclude, self.tp_comm)
 
     # -- execution ---------------------------------------------------------------------------
     def _step(self, microbatches, normalizer):

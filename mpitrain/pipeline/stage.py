@@ -53,12 +53,18 @@ class Stage(nn.Module):
                     seen.add(id(p))
                     yield f"{name}.{pname}", p
 
-    def global_state_dict(self) -> dict[str, torch.Tensor]:
+    def global_state_dict(self, keep_vars: bool = False) -> dict[str, torch.Tensor]:
         out = {}
         for name, layer in zip(self.layer_names, self.layers):
-            for key, t in layer.state_dict().items():
+            for key, t in layer.state_dict(keep_vars=keep_vars).items():
                 out[f"{name}.{key}"] = t
         return out
+
+    def global_splits(self) -> dict:
+        """Global name -> its tensor-parallel `Split` (None: whole on this rank)."""
+        from ..tp.sharding import split_of
+
+        return {k: split_of(t) for k, t in self.global_state_dict(keep_vars=True).items()}
 
     def forward(self, *inputs, mb: int | None = None):
         """Run the stage's layers; errors are re-raised naming stage, micro-batch and layer."""

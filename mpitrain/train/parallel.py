@@ -1,5 +1,6 @@
-"""One rank's share of a dp x pp model: its pipeline stage, the data-parallel
-gradient averager for that stage, and the pipeline engine that runs both."""
+"""One rank's share of a dp x pp x tp model: its pipeline stage (with this rank's
+tensor shards of its layers), the data-parallel gradient averager for that
+stage and shard, and the pipeline engine that runs both."""
 from __future__ import annotations
 
 import numpy as np
@@ -29,8 +30,10 @@ class ParallelModel:
             partition = "uniform"  # one stage holds every layer; nothing to balance or measure
         self.partition = plan_partition(specs, topo.grid.pp, partition, comm=topo.world,
                                         sample=sample, seed=seed)
-        self.stage = Stage(specs, self.partition, topo.coords.pp, seed=seed, device=topo.device,
-                           ctx=BuildContext.of(topo))
+        ctx = BuildContext.of(topo)
+        self.stage = Stage(specs, self.partition, topo.coords.pp, seed=seed, device=topo.device, ctx=ctx)
+        if hasattr(loss, "bind"):  # a loss over outputs split by the tensor group (vocab-parallel)
+            loss.bind(ctx)
         named = list(self.stage.global_named_parameters())
         self.averager = None
         if topo.grid.dp > 1:
@@ -44,6 +47,8 @@ class ParallelModel:
         self.engine = PipelineEngine(self.stage, topo.pp_comm, loss if self.stage.is_last else None,
                                      schedule, grad_sync=self.averager, grad_scale=topo.grid.dp,
                                      tied=list(tied), partition=self.partition)
+        if topo.grid.tp > 1:
+            self.engine.tp_comm = topo.tp_comm
 
     def named_parameters(self):
         return list(self.stage.global_named_parameters())
@@ -67,13 +72,37 @@ class ParallelModel:
         """Forward only; `collect(output, mb)` results on the last stage, [] elsewhere."""
         return forward_only(self.stage, self.engine.p2p, microbatches, collect)
 
+    def splits(self) -> dict:
+        """Global name -> `Split` of each tensor this rank holds (None: whole here)."""
+        return self.stage.global_splits()
+
+    def logical_shapes(self) -> dict:
+        """Global name -> logical shape of each tensor this rank holds (part of it)."""
+        from ..tp.sharding import logical_shape
+
+        return {k: logical_shape(t) for k, t in self.stage.global_state_dict(keep_vars=True).items()}
+
     def local_state(self) -> dict:
-        """This rank's parameters and buffers under their global names (CPU copies)."""
+        """This rank's parameters and buffers under their global names (CPU copies;
+        a tensor split over the tensor group as this rank's slice)."""
         return {k: v.detach().cpu().clone() for k, v in self.stage.global_state_dict().items()}
+
+    def logical_state(self) -> dict:
+        """Like `local_state`, with split tensors joined over the tensor group into
+        their logical shape (collective over the tensor group)."""
+        state = self.local_state()
+        splits = self.splits()
+        for name in sorted(state):
+            split = splits.get(name)
+            if split is not None:
+                state[name] = split.join(self.topo.tp_comm.allgather(state[name]))
+        return state
 
     def load_local_state(self, state: dict) -> None:
         """Copy values (global name -> tensor) into this rank's parameters and buffers;
-        names this rank does not hold are ignored, and every name it holds must be given."""
+        names this rank does not hold are ignored, and every name it holds must be given.
+        A split tensor may be given whole (its logical shape: this rank takes its
+        slice) or as this rank's slice."""
         import torch
 
         mine = self.stage.global_state_dict()
@@ -81,17 +110,29 @@ class ParallelModel:
         if missing:
             from ..errors import UsageError
             raise UsageError(f"model state: no value for {missing[:3]}; the state belongs to another model")
+        splits = self.splits()
         with torch.no_grad():
             for name, tensor in mine.items():
-                tensor.copy_(state[name])
+                value, split = state[name], splits.get(name)
+                if split is not None and tuple(value.shape) != tuple(tensor.shape):
+                    value = split.take(value)
+                tensor.copy_(value)
 
     def gather_state(self, root: int = 0) -> dict | None:
-        """Every parameter and buffer under its global name, on world rank `root`
-        (collected from replica 0 of each stage); None elsewhere."""
+        """Every parameter and buffer under its global name with its logical shape, on
+        world rank `root` (collected from replica 0 of each stage, split tensors joined
+        over the tensor group); None elsewhere."""
         topo = self.topo
         mine = None
-        if topo.coords.dp == 0 and topo.coords.tp == 0:
+        if topo.coords.dp == 0:
             mine = {k: v.detach().cpu() for k, v in self.stage.global_state_dict().items()}
+            splits = self.splits()
+            for name in sorted(mine):
+                if splits.get(name) is not None:
+                    shards = topo.tp_comm.gather(mine[name], root=0)
+                    mine[name] = splits[name].join(shards) if topo.coords.tp == 0 else None
+            if topo.coords.tp != 0:
+                mine = None
         parts = topo.world.gather(mine, root=root)
         if topo.rank != root:
             return None

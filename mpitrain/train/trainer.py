@@ -93,7 +93,9 @@ class Trainer:
         self.metrics = MetricsSink(self.run_dir, topo.rank if training else -1)
         self.step = self.epoch = self.step_in_epoch = 0
         self.epoch_totals = Sums()
-        torch.manual_seed(cfg.job.seed * 100003 + topo.rank)  # dropout draws, distinct per rank
+        # torch's dropout draws: distinct per replica and stage, the same on the shards of a
+        # tensor group (their replicated activations must see the same masks)
+        torch.manual_seed(cfg.job.seed * 100003 + topo.rank // topo.grid.tp)
         self.checkpoint_root = Path(ck.dir) if ck.dir else self.run_dir / "checkpoints"
         self.saver = None
         self.stop = STOP.install() if training else None

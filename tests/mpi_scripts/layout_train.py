@@ -19,7 +19,7 @@ trainer = mpitrain.Trainer(job_file=job, overrides=sets)
 if "--wrong-grad-scale" in rest:
     trainer.model.engine.grad_scale *= 0.5
 result = run_epoch(trainer, 0)
-state = trainer.model.local_state()
+state = trainer.model.logical_state()  # tensor shards joined: compared whole
 np.savez(out / f"rank-{trainer.topo.rank}.npz", **{k: v.float().numpy() for k, v in state.items()})
 if trainer.topo.rank == 0:
     print(f"steps {result.steps} loss {result.loss:.6f}", flush=True)

@@ -39,7 +39,7 @@ close(col.weight.grad, up.weight.grad[a:b], "column weight gradient")
 close(col.bias.grad, up.bias.grad[a:b], "column bias gradient")
 close(row.weight.grad, down.weight.grad[:, a:b], "row weight gradient")
 close(row.bias.grad, down.bias.grad, "row (replicated) bias gradient")
-assert (col.weight.tp_split, row.weight.tp_split, row.bias.tp_split) == (0, 1, None)
+assert (col.weight.tp_split.dim, row.weight.tp_split.dim, row.bias.tp_split) == (0, 1, None)
 
 # column-parallel with gathered output
 lin = nn.Linear(8, 12)

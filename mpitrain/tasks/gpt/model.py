@@ -10,6 +10,13 @@ Parameter names mirror Hugging Face's GPT-2 (``block.3.attn.c_attn.weight`` is H
 ``transformer.h.3.attn.c_attn.weight``, transposed: we use `nn.Linear`, HF uses
 `Conv1D`); see `hf_export`.
 
+Tensor parallelism (tp > 1, `parallelize`): the token embedding and the output
+layer are split by vocabulary (padded to a multiple of tp), attention by heads
+(q, k, v column-parallel, c_proj row-parallel), the MLP column- then
+row-parallel; LayerNorms, position embeddings and the biases added after a
+row-parallel sum are replicated. The head then returns this rank's slice of the
+logits, which `VocabParallelCrossEntropy` turns into the loss.
+
 Tied embeddings: ``embed.wte.weight`` and ``head.lm_head.weight`` are one weight
 (`TIED_WEIGHTS`), but each layer owns its *own* parameter, because with pipeline
 parallelism the two layers live on different ranks. The engine copies the first to
@@ -128,6 +135,12 @@ class GPTEmbedding(nn.Module):
         self.dropout = config.dropout
         _init(self, INIT_STD)
 
+    def parallelize(self, ctx) -> None:
+        """Tensor parallelism: the token embedding split by vocabulary; positions replicated."""
+        from mpitrain.tp.layers import VocabParallelEmbedding
+
+        self.wte = VocabParallelEmbedding.from_dense(self.wte, ctx.tp_comm)
+
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         length = input_ids.shape[1]
         if length > self.wpe.num_embeddings:
@@ -144,16 +157,26 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd)
-        self.n_head = config.n_head
+        self.n_head = config.n_head           # heads on this rank (all, unless split by tp)
+        self.head_dim = config.n_embd // config.n_head
         self.dropout = config.dropout
 
+    def parallelize(self, ctx) -> None:
+        """Tensor parallelism: split by heads -- q, k and v column-parallel (each of the
+        fused projection's three blocks split), the output projection row-parallel."""
+        from mpitrain.tp.layers import ColumnParallelLinear, RowParallelLinear
+
+        self.c_attn = ColumnParallelLinear.from_dense(self.c_attn, ctx.tp_comm, chunks=3)
+        self.c_proj = RowParallelLinear.from_dense(self.c_proj, ctx.tp_comm)
+        self.n_head //= ctx.tp_size
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, c = x.shape
-        qkv = self.c_attn(x).view(b, t, 3, self.n_head, c // self.n_head)
+        b, t, _ = x.shape
+        qkv = self.c_attn(x).view(b, t, 3, self.n_head, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)          # each [b, heads, t, head_dim]
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
                                            dropout_p=self.dropout if self.training else 0.0)
-        return self.c_proj(y.transpose(1, 2).reshape(b, t, c))
+        return self.c_proj(y.transpose(1, 2).reshape(b, t, self.n_head * self.head_dim))
 
 
 class MLP(nn.Module):
@@ -163,6 +186,13 @@ class MLP(nn.Module):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
+
+    def parallelize(self, ctx) -> None:
+        """Tensor parallelism: c_fc column-parallel, c_proj row-parallel."""
+        from mpitrain.tp.layers import ColumnParallelLinear, RowParallelLinear
+
+        self.c_fc = ColumnParallelLinear.from_dense(self.c_fc, ctx.tp_comm)
+        self.c_proj = RowParallelLinear.from_dense(self.c_proj, ctx.tp_comm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
@@ -181,6 +211,11 @@ class GPTBlock(nn.Module):
         self.dropout = config.dropout
         _init(self, INIT_STD / math.sqrt(2 * config.n_layer))
 
+    def parallelize(self, ctx) -> None:
+        """Tensor parallelism: attention and MLP split; LayerNorms replicated."""
+        self.attn.parallelize(ctx)
+        self.mlp.parallelize(ctx)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + F.dropout(self.attn(self.ln_1(x)), self.dropout, self.training)
         return x + F.dropout(self.mlp(self.ln_2(x)), self.dropout, self.training)
@@ -194,6 +229,14 @@ class GPTHead(nn.Module):
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         _init(self, INIT_STD)
+
+    def parallelize(self, ctx) -> None:
+        """Tensor parallelism: the output embedding split by vocabulary (padded to a
+        multiple of tp, padding logits -inf); each rank returns its logits' slice, for
+        `VocabParallelCrossEntropy`. ln_f is replicated."""
+        from mpitrain.tp.layers import ColumnParallelLinear
+
+        self.lm_head = ColumnParallelLinear.from_dense(self.lm_head, ctx.tp_comm, padded=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.lm_head(self.ln_f(x))

@@ -16,7 +16,8 @@ import torch
 from ...data.views import FirstN
 from ...task import Model, Task
 from ...train.evaluation import mean_loss
-from ...train.losses import TokenCrossEntropy
+from ...tp.sharding import check_divides
+from ...train.losses import VocabParallelCrossEntropy
 from .config import DataSection, ModelSection
 from .data import SPLITS, LMBlocks, load_tokenizer, prepare_lm
 from .model import TIED_WEIGHTS, GPTConfig, gpt_layers
@@ -76,12 +77,13 @@ class GptTask(Task):
 
     def model(self, cfg, prepared: dict | None) -> Model:
         config = self.config = self.gpt_config(cfg, prepared)
+        check_divides(cfg.source, "[model] n_head", config.n_head, cfg.grid.tp)
         sample = None
         if prepared is None:  # `plan` with partition = "profile": random ids of one block
             batch = max(1, cfg.train.global_batch // cfg.grid.dp)
             sample = (torch.randint(0, config.vocab_size, (batch, config.n_positions),
                                     generator=torch.Generator().manual_seed(0)),)
-        return Model(gpt_layers(config), TokenCrossEntropy(), tied=TIED_WEIGHTS, sample=sample,
+        return Model(gpt_layers(config), VocabParallelCrossEntropy(config.vocab_size), tied=TIED_WEIGHTS, sample=sample,
                      description=f"GPT, {config.n_layer} blocks, hidden {config.n_embd}, {config.n_head} heads, "
                                  f"context {config.n_positions}, vocabulary {config.vocab_size}")
 
@@ -110,6 +112,17 @@ class GptTask(Task):
         return str(export_gpt2(out_dir, self.config, state, trainer.prepared["tokenizer"]))
 
 
+def last_logits(logits: torch.Tensor, topo) -> torch.Tensor:
+    """The whole vocabulary's logits of the last position (joined over the tensor
+    group when the output layer is split by vocabulary; padding is -inf)."""
+    last = logits[0, -1:]
+    if topo.grid.tp > 1:
+        from ...tp.ops import gather_last_dim
+
+        last = gather_last_dim(last, topo.tp_comm)
+    return last[0]
+
+
 def greedy_continuation(trainer, prompt: list[int], n: int, context: int) -> list[int]:
     """`n` tokens chosen greedily after `prompt`, through the pipeline: the last stage
     picks each token and broadcasts it to its pipeline group. Collective."""
@@ -117,7 +130,7 @@ def greedy_continuation(trainer, prompt: list[int], n: int, context: int) -> lis
     ids = list(prompt)
     for _ in range(n):
         window = torch.tensor([ids[-context:]], dtype=torch.long)
-        picked = trainer.model.predict([(window,)], lambda logits, mb: int(logits[0, -1].argmax()))
+        picked = trainer.model.predict([(window,)], lambda logits, mb: int(last_logits(logits, topo).argmax()))
         token = topo.pp_comm.bcast(picked[0] if topo.is_last_stage else None, root=topo.grid.pp - 1)
         ids.append(token)
     return ids[len(prompt):]

@@ -10,6 +10,11 @@ Layers (any partition of this list works):
 turns it into an additive attention bias. Parameter names mirror Hugging Face's
 BERT (``encoder.3.attention.self.query.weight`` is HF's
 ``bert.encoder.layer.3.attention.self.query.weight``), see `hf_weights`.
+
+Tensor parallelism (tp > 1, `parallelize`): word embeddings split by
+vocabulary, attention by heads, the feed-forward column- then row-parallel
+(see `BertEncoderLayer.parallelize`). The classifier stays replicated: it is
+small (hidden x labels) and its full logits are what the NER metrics read.
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ from torch import nn
 
 from mpitrain.errors import UsageError
 from mpitrain.layers import LayerSpec
+from mpitrain.tp.ops import copy_to_group
 
 _ACTIVATIONS = {
     "gelu": F.gelu,
@@ -156,6 +162,12 @@ class BertEmbeddings(nn.Module):
         for emb in (self.word_embeddings, self.position_embeddings, self.token_type_embeddings):
             _init_embedding(emb, config.initializer_range)
 
+    def parallelize(self, ctx) -> None:
+        """Tensor parallelism: word embeddings split by vocabulary; the rest replicated."""
+        from mpitrain.tp.layers import VocabParallelEmbedding
+
+        self.word_embeddings = VocabParallelEmbedding.from_dense(self.word_embeddings, ctx.tp_comm)
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
         length = input_ids.shape[1]
         if length > self.position_embeddings.num_embeddings:
@@ -205,25 +217,44 @@ class BertEncoderLayer(nn.Module):
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 _init_linear(module, std)
-        self.num_heads = config.num_attention_heads
+        self.num_heads = config.num_attention_heads   # heads on this rank (all, unless split by tp)
+        self.head_dim = config.head_dim
         self.hidden_dropout = config.hidden_dropout_prob
         self.attention_dropout = config.attention_probs_dropout_prob
         self.act = _ACTIVATIONS[config.hidden_act]
+        self.tp_comm = None
+
+    def parallelize(self, ctx) -> None:
+        """Tensor parallelism: attention split by heads (query, key, value
+        column-parallel, its output dense row-parallel), the feed-forward column- then
+        row-parallel; LayerNorms and the biases after each row-parallel sum replicated."""
+        from mpitrain.tp.layers import ColumnParallelLinear, RowParallelLinear
+
+        comm = self.tp_comm = ctx.tp_comm
+        sa = self.attention.get_submodule("self")
+        for name in ("query", "key", "value"):
+            setattr(sa, name, ColumnParallelLinear.from_dense(getattr(sa, name), comm))
+        self.attention.output.dense = RowParallelLinear.from_dense(self.attention.output.dense, comm)
+        self.intermediate.dense = ColumnParallelLinear.from_dense(self.intermediate.dense, comm)
+        self.output.dense = RowParallelLinear.from_dense(self.output.dense, comm)
+        self.num_heads //= ctx.tp_size
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor):
         b, length, h = hidden.shape
+        local = self.num_heads * self.head_dim
         bias = attention_bias(attention_mask, hidden.dtype)
         rows = None if bias is None else attention_mask.reshape(-1).nonzero().squeeze(1)
         x = _unpad(rows, hidden.reshape(b * length, h))
 
         sa = self.attention.get_submodule("self")
         weight = torch.cat((sa.query.weight, sa.key.weight, sa.value.weight))
-        qkv = F.linear(x, weight, torch.cat((sa.query.bias, sa.key.bias, sa.value.bias)))
-        qkv = _pad(rows, qkv, b * length).view(b, length, 3, self.num_heads, h // self.num_heads)
+        x_in = x if self.tp_comm is None else copy_to_group(x, self.tp_comm)
+        qkv = F.linear(x_in, weight, torch.cat((sa.query.bias, sa.key.bias, sa.value.bias)))
+        qkv = _pad(rows, qkv, b * length).view(b, length, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         ctx = F.scaled_dot_product_attention(
             q, k, v, attn_mask=bias, dropout_p=self.attention_dropout if self.training else 0.0)
-        ctx = _unpad(rows, ctx.transpose(1, 2).reshape(b * length, h))
+        ctx = _unpad(rows, ctx.transpose(1, 2).reshape(b * length, local))
 
         out = self.attention.output
         x = out.LayerNorm(F.dropout(out.dense(ctx), self.hidden_dropout, self.training) + x)

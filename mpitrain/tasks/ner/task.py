@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ...errors import UsageError
 from ...task import Batch, Model, Task
+from ...tp.sharding import check_divides
 from ...train.evaluation import predict
 from ...train.losses import IGNORE_INDEX, TokenCrossEntropy
 from .config import DataSection, ModelSection
@@ -146,6 +147,8 @@ class NerTask(Task):
                 raise UsageError(f"{cfg.source}: the model's vocabulary is unknown until the data is "
                                  "prepared; set [model] pretrained or vocab_size to plan it")
             config, specs = model_specs(cfg, num_labels, tokenizer_dir or ".")
+            check_divides(cfg.source, "the model's num_attention_heads", config.num_attention_heads, cfg.grid.tp)
+            check_divides(cfg.source, "the model's intermediate_size", config.intermediate_size, cfg.grid.tp)
         finally:
             if cleanup is not None:
                 cleanup.cleanup()
