@@ -82,6 +82,9 @@ class TrainSection:
                         choices=("linear", "cosine", "constant"))
     warmup: float = opt(0.0, "fraction of steps with linear warm-up", min=0.0, max=1.0)
     max_grad_norm: float = opt(1.0, "global gradient-norm clip; 0 = off", min=0.0)
+    dropout: str = opt("invariant", "dropout masks: invariant (a function of seed, step, layer, sample and "
+                                    "position: every layout trains like one process) | torch (torch's RNG; "
+                                    "faster, differs by layout)", choices=("invariant", "torch"))
     log_every: int = opt(50, "log loss, lr, gradient norm and throughput every N steps", min=1)
     tail: str = opt("drop", "last partial global batch of an epoch: drop | pad", choices=("drop", "pad"))
 

@@ -7,6 +7,7 @@ import torch
 
 from mpirun import run_mpi
 
+from mpitrain import dropout
 from mpitrain.data.sharding import epoch_indices
 from mpitrain.jobfile import load_job
 from mpitrain.train.optim import make_optimizer, make_schedule
@@ -32,9 +33,10 @@ def reference_parameters(job: str, overrides: list[str]) -> dict:
     steps = steps[:t.max_steps] if t.max_steps else steps
     opt = make_optimizer(unique, t)
     sched = make_schedule(opt, t.schedule, len(steps), int(round(t.warmup * len(steps))))
-    for indices in steps:
+    for step, indices in enumerate(steps):
         batch = train.batch(indices)
-        out = model(*batch[0])
+        with dropout.scope(t.dropout, cfg.job.seed, step, indices):
+            out = model(*batch[0])
         loss = spec.loss(out, batch[1]) / spec.loss.count(batch[1])
         loss.backward()
         if t.max_grad_norm > 0:

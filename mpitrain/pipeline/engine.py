@@ -114,6 +114,7 @@ class PipelineEngine:
         self._plans: dict[int, list] = {}
         self.stats = StepStats()
         self.tp_comm = None  # the tensor group, when parameters are split over one (for clipping)
+        self.forward_context = None  # mb -> a context manager around that micro-batch's forward
 
     # -- public -------------------------------------------------------------------------------
     def named_parameters(self):
@@ -208,7 +209,8 @@ class PipelineEngine:
             st.inputs = tuple(t.to(self.stage.device) if torch.is_tensor(t) else t for t in inputs)
         else:
             st.inputs = tuple(t.requires_grad_(True) if t.is_floating_point() else t for t in st.received)
-        with self.meter.track() if self.meter is not None else nullcontext():
+        around = self.forward_context(mb) if self.forward_context is not None else nullcontext()
+        with around, self.meter.track() if self.meter is not None else nullcontext():
             out = self.stage(*st.inputs, mb=mb)
             if not self.stage.is_last:
                 st.outputs = out

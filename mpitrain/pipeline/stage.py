@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..dropout import layer as dropout_layer
 from ..errors import UsageError
 from ..layers import BuildContext, LayerSpec, as_tuple, build_layer
 from .partition import Partition, check_shared, meta_build
@@ -71,7 +72,8 @@ class Stage(nn.Module):
         out = inputs
         for name, layer in zip(self.layer_names, self.layers):
             try:
-                out = as_tuple(layer(*out))
+                with dropout_layer(name):
+                    out = as_tuple(layer(*out))
             except Exception as exc:
                 where = f"stage {self.index}" + (f", micro-batch {mb}" if mb is not None else "")
                 where += f", layer {name!r}"

@@ -65,11 +65,13 @@ def run_epoch(trainer, epoch: int, start: int = 0, stop: int | None = None) -> E
     for i in range(start, len(shard) if stop is None else min(stop, len(shard))):
         if trainer.done:
             break
-        batches = [trainer.train_set.batch(p) for p in split_microbatches(shard[i], trainer.microbatches)]
+        parts = split_microbatches(shard[i], trainer.microbatches)
+        batches = [trainer.train_set.batch(p) for p in parts]
         local = np.array([sum(b[2] for b in batches),
                           sum(b[3] if len(b) > 3 and b[3] is not None else b[2] for b in batches)], dtype=np.int64)
         normalizer, step_tokens = (topo.dp_comm.allreduce(local) if topo.grid.dp > 1 else local).tolist()
-        result = model.train_step([(b[0], b[1]) for b in batches], max(1, normalizer))
+        result = model.train_step([(b[0], b[1]) for b in batches], max(1, normalizer), samples=parts,
+                                  step=trainer.step)
         log_now = (trainer.step + 1) % t.log_every == 0
         grad_norm = None
         if t.max_grad_norm > 0:

@@ -16,16 +16,18 @@ from ..pipeline.stage import Stage
 
 class ParallelModel:
     def __init__(self, topo, specs, loss, *, seed: int, schedule: str = "1f1b", partition="parameters",
-                 comm_cfg=None, sample=None, tied=()):
+                 comm_cfg=None, sample=None, tied=(), dropout: str = "invariant"):
         """`partition`: a method name or a list of cut points; `sample`: the first
         layer's input tuple (for partition = 'profile'); `comm_cfg`: the job's
         [comm] section (bucket sizes, algorithm, compression; None = defaults);
-        `tied`: groups of global parameter names that are one weight.
+        `tied`: groups of global parameter names that are one weight;
+        `dropout`: "invariant" (masks a function of seed, step, layer, sample and
+        position: every layout draws the same) or "torch" (torch's RNG).
 
         The partition is decided once, on world rank 0, and broadcast to every
         rank: every replica cuts the model at the same places even when the
         method measures times ('profile')."""
-        self.topo = topo
+        self.topo, self.seed, self.dropout = topo, seed, dropout
         if topo.grid.pp == 1:
             partition = "uniform"  # one stage holds every layer; nothing to balance or measure
         self.partition = plan_partition(specs, topo.grid.pp, partition, comm=topo.world,
@@ -59,10 +61,17 @@ class ParallelModel:
             return int(local_count)
         return int(self.topo.dp_comm.allreduce(int(local_count)))
 
-    def train_step(self, microbatches, normalizer: int):
+    def train_step(self, microbatches, normalizer: int, samples=None, step: int = 0):
         """Forward+backward of every micro-batch; gradients final on return.
-        Returns (loss_sum, count) on last stages, None elsewhere."""
+        `samples`: each micro-batch's global sample indices (row order) and `step` the
+        training step, for layout-invariant dropout. Returns (loss_sum, count) on last
+        stages, None elsewhere."""
+        from .. import dropout
+
         self.stage.train()
+        self.engine.forward_context = None
+        if samples is not None:
+            self.engine.forward_context = lambda mb: dropout.scope(self.dropout, self.seed, step, samples[mb])
         return self.engine.step(microbatches, normalizer)
 
     def clip_grad_norm_(self, max_norm: float) -> float:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from ..dropout import layer as dropout_layer
 from ..layers import as_tuple, build_layer
 from ..pipeline.tied import owning_layer
 
@@ -48,6 +49,7 @@ class SingleProcessModel(nn.Module):
 
     def forward(self, *inputs):
         out = inputs
-        for layer in self.layers:
-            out = as_tuple(layer(*out))
+        for name, layer in zip(self.names, self.layers):
+            with dropout_layer(name):
+                out = as_tuple(layer(*out))
         return out[0] if len(out) == 1 else out

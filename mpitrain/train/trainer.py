@@ -190,7 +190,8 @@ class Trainer:
             per_replica = max(1, cfg.train.global_batch // topo.grid.dp)
             sample = self.train_set.batch(list(range(min(len(self.train_set), per_replica))))[0]
         model = ParallelModel(topo, spec.layers, spec.loss, seed=cfg.job.seed, schedule=cfg.pipeline.schedule,
-                              partition=method, comm_cfg=cfg.comm, sample=sample, tied=spec.tied)
+                              partition=method, comm_cfg=cfg.comm, sample=sample, tied=spec.tied,
+                              dropout=cfg.train.dropout)
         if topo.rank == 0:
             if spec.description:
                 self.log.info(f"model: {spec.description}")

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mpitrain.dropout import attention, dropout
 from mpitrain.errors import UsageError
 from mpitrain.layers import LayerSpec
 
@@ -147,7 +148,7 @@ class GPTEmbedding(nn.Module):
             raise UsageError(f"GPT embed: sequence length {length} exceeds n_positions={self.wpe.num_embeddings}; "
                              "use shorter sequences or a model with more positions")
         x = self.wte(input_ids) + self.wpe.weight[:length]
-        return F.dropout(x, self.dropout, self.training)
+        return dropout(x, self.dropout, self.training, "embed")
 
 
 class CausalSelfAttention(nn.Module):
@@ -159,6 +160,7 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd)
         self.n_head = config.n_head           # heads on this rank (all, unless split by tp)
         self.head_dim = config.n_embd // config.n_head
+        self.head_start = 0                   # global index of this rank's first head
         self.dropout = config.dropout
 
     def parallelize(self, ctx) -> None:
@@ -169,13 +171,13 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = ColumnParallelLinear.from_dense(self.c_attn, ctx.tp_comm, chunks=3)
         self.c_proj = RowParallelLinear.from_dense(self.c_proj, ctx.tp_comm)
         self.n_head //= ctx.tp_size
+        self.head_start = ctx.tp_rank * self.n_head
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, _ = x.shape
         qkv = self.c_attn(x).view(b, t, 3, self.n_head, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)          # each [b, heads, t, head_dim]
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
-                                           dropout_p=self.dropout if self.training else 0.0)
+        y = attention(q, k, v, self.dropout, self.training, causal=True, head_start=self.head_start)
         return self.c_proj(y.transpose(1, 2).reshape(b, t, self.n_head * self.head_dim))
 
 
@@ -217,8 +219,8 @@ class GPTBlock(nn.Module):
         self.mlp.parallelize(ctx)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + F.dropout(self.attn(self.ln_1(x)), self.dropout, self.training)
-        return x + F.dropout(self.mlp(self.ln_2(x)), self.dropout, self.training)
+        x = x + dropout(self.attn(self.ln_1(x)), self.dropout, self.training, "attn_out")
+        return x + dropout(self.mlp(self.ln_2(x)), self.dropout, self.training, "mlp_out")
 
 
 class GPTHead(nn.Module):

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mpitrain.dropout import attention, dropout
 from mpitrain.errors import UsageError
 from mpitrain.layers import LayerSpec
 from mpitrain.tp.ops import copy_to_group
@@ -176,7 +177,7 @@ class BertEmbeddings(nn.Module):
         x = self.word_embeddings(input_ids)
         x = x + (self.position_embeddings.weight[:length] + self.token_type_embeddings.weight[0])
         x = self.LayerNorm(x)
-        x = F.dropout(x, self.dropout, self.training)
+        x = dropout(x, self.dropout, self.training, "embed")
         return x, attention_mask
 
 
@@ -219,6 +220,7 @@ class BertEncoderLayer(nn.Module):
                 _init_linear(module, std)
         self.num_heads = config.num_attention_heads   # heads on this rank (all, unless split by tp)
         self.head_dim = config.head_dim
+        self.head_start = 0                           # global index of this rank's first head
         self.hidden_dropout = config.hidden_dropout_prob
         self.attention_dropout = config.attention_probs_dropout_prob
         self.act = _ACTIVATIONS[config.hidden_act]
@@ -238,6 +240,7 @@ class BertEncoderLayer(nn.Module):
         self.intermediate.dense = ColumnParallelLinear.from_dense(self.intermediate.dense, comm)
         self.output.dense = RowParallelLinear.from_dense(self.output.dense, comm)
         self.num_heads //= ctx.tp_size
+        self.head_start = ctx.tp_rank * self.num_heads
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor):
         b, length, h = hidden.shape
@@ -252,15 +255,17 @@ class BertEncoderLayer(nn.Module):
         qkv = F.linear(x_in, weight, torch.cat((sa.query.bias, sa.key.bias, sa.value.bias)))
         qkv = _pad(rows, qkv, b * length).view(b, length, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        ctx = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=bias, dropout_p=self.attention_dropout if self.training else 0.0)
+        ctx = attention(q, k, v, self.attention_dropout, self.training, mask=bias, head_start=self.head_start)
         ctx = _unpad(rows, ctx.transpose(1, 2).reshape(b * length, local))
 
+        # the batch row and token of each (unpadded) row: dropout masks by logical position
+        flat = rows if rows is not None else torch.arange(b * length, device=hidden.device)
+        where = {"rows": flat // length, "coords": [flat % length, None]}
         out = self.attention.output
-        x = out.LayerNorm(F.dropout(out.dense(ctx), self.hidden_dropout, self.training) + x)
+        x = out.LayerNorm(dropout(out.dense(ctx), self.hidden_dropout, self.training, "attn_out", **where) + x)
         y = self.act(self.intermediate.dense(x))
         out = self.output
-        y = out.LayerNorm(F.dropout(out.dense(y), self.hidden_dropout, self.training) + x)
+        y = out.LayerNorm(dropout(out.dense(y), self.hidden_dropout, self.training, "ffn_out", **where) + x)
         return _pad(rows, y, b * length).view(b, length, h), attention_mask
 
 
@@ -275,7 +280,7 @@ class BertTokenClassifierHead(nn.Module):
         nn.init.normal_(self.weight, mean=0.0, std=config.initializer_range)
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None):
-        return F.linear(F.dropout(hidden, self.dropout, self.training), self.weight, self.bias)
+        return F.linear(dropout(hidden, self.dropout, self.training, "classifier"), self.weight, self.bias)
 
 
 def layer_names(config: BertConfig) -> list[str]:
