@@ -26,4 +26,68 @@ def describe_stages(cfg) -> list[str]:
     head = f"model: {model.description + ', ' if model.description else ''}{total:,} parameters"
     if model.tied:
         head += f"; tied: {', '.join(' = '.join(g) for g in model.tied)}"
-    return [head + note, part.plan()]
+    lines = [head + note, part.plan()]
+    if cfg.grid.tp > 1:
+        lines += shard_lines(model.layers, part, cfg.grid.tp)
+    return lines
+
+
+class _PlanComm:
+    """Stands in for shard 0's tensor communicator when layers are cut on the meta
+    device (cutting communicates nothing)."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def Get_rank(self) -> int:
+        return 0
+
+    def Get_size(self) -> int:
+        return self.size
+
+
+def shard_lines(specs, part, tp: int) -> list[str]:
+    """Per stage, parameters per tensor shard; then each kind of split tensor
+    (layer indices as '*') with its logical and shard shapes."""
+    import re
+
+    import torch
+
+    from .layers import BuildContext, shard_layer
+    from .pipeline.partition import meta_build
+    from .tp.sharding import logical_shape, split_of
+
+    ctx = BuildContext(tp_comm=_PlanComm(tp), grid=_Grid(tp))
+    per_stage = [[0, 0] for _ in part.bounds]   # (split params per shard, replicated params)
+    kinds = {}
+    for i, spec in enumerate(specs):
+        module = meta_build(spec)
+        if module is None:
+            return [f"tensor shards: not shown (layer {spec.name!r} cannot be built on the meta device)"]
+        try:
+            with torch.device("meta"):
+                shard_layer(module, ctx)
+        except UsageError as exc:
+            return [f"tensor shards: {exc}"]
+        stage = part.stage_of(i)
+        for pname, t in module.named_parameters():
+            split = split_of(t)
+            per_stage[stage][0 if split else 1] += t.numel()
+            if split:
+                kind = re.sub(r"\.\d+(?=\.|$)", ".*", f"{spec.name}.{pname}")
+                kinds.setdefault(kind, (logical_shape(t), tuple(t.shape), split))
+    lines = ["", f"tensor shards (tp = {tp}): per shard, split parameters + replicated ones",
+             f"{'stage':>5}  {'per shard':>12} {'split':>12} {'replicated':>12}"]
+    for s, (split, whole) in enumerate(per_stage):
+        lines.append(f"{s:>5}  {split + whole:>12,} {split:>12,} {whole:>12,}")
+    lines.append("split tensors (logical shape -> shard shape, split dimension):")
+    for kind, (logical, local, split) in kinds.items():
+        extra = f", {split.chunks} blocks" if split.chunks > 1 else ""
+        extra += ", padded" if split.padded and split.size % tp else ""
+        lines.append(f"  {kind:<40} {list(logical)} -> {list(local)}, dim {split.dim}{extra}")
+    return lines
+
+
+class _Grid:
+    def __init__(self, tp: int):
+        self.dp, self.pp, self.tp = 1, 1, tp

@@ -19,16 +19,21 @@ DROPOUT = {
 _cache = {}
 
 
-def sets(tmp, task, dropout):
-    job, extra = JOBS[task]
-    return [f'job.run_dir="{tmp}/run"', f'data.prepared_dir="{tmp}/prep"', *extra,
-            *(DROPOUT[task] if dropout else [])]
+# clipping engaged on every step: the global norm must sum split parameters over the
+# tensor group and count replicated ones once
+CLIPPED = ["train.max_grad_norm=0.02", "train.lr=2.0"]
 
 
-def reference(factory, task, dropout):
-    key = (task, dropout)
+def sets(tmp, task, dropout, extra=()):
+    job, model = JOBS[task]
+    return [f'job.run_dir="{tmp}/run"', f'data.prepared_dir="{tmp}/prep"', *model,
+            *(DROPOUT[task] if dropout else []), *extra]
+
+
+def reference(factory, task, dropout, extra=()):
+    key = (task, dropout, tuple(extra))
     if key not in _cache:
-        final, moved = reference_parameters(JOBS[task][0], sets(factory.mktemp("ref"), task, dropout))
+        final, moved = reference_parameters(JOBS[task][0], sets(factory.mktemp("ref"), task, dropout, extra))
         changes = sorted(v for n, v in moved.items() if "key.bias" not in n)
         assert changes[len(changes) // 2] > 100 * TOL, moved
         _cache[key] = final
@@ -58,3 +63,13 @@ def test_torch_dropout_differs_by_layout(tmp_path_factory, tmp_path):
     ref = reference(tmp_path_factory, "gpt", True)
     got = train_layout(tmp_path, JOBS["gpt"][0], sets(tmp_path, "gpt", True) + ['train.dropout="torch"'], 2, 1, tp=2)
     assert worst_difference(got, ref) > 100 * TOL
+
+
+@pytest.mark.parametrize("task", ["gpt", "ner"])
+def test_clipping_with_split_parameters(tmp_path_factory, tmp_path, task):
+    ref = reference(tmp_path_factory, task, False, CLIPPED)
+    unclipped = reference(tmp_path_factory, task, False, CLIPPED[1:])
+    assert max(abs(ref[n] - unclipped[n]).max() for n in ref) > 100 * TOL  # the limit is reached
+    ranks = train_layout(tmp_path, JOBS[task][0], sets(tmp_path, task, False, CLIPPED), 2, 1, tp=2)
+    worst = worst_difference(ranks, ref)
+    assert worst < TOL, f"{task} 2x1x2 clipped: max |difference| {worst:.2e}"

@@ -50,8 +50,11 @@ def format_plan(cfg, world: int, per_node: int, gpus: int, cores: int) -> str:
         node_size = min(per_node, world - node * per_node)
         lines.append(f"{r:>4}  {c.dp:>3} {c.pp:>3} {c.tp:>3}  {node:>4} {local:>5}  "
                      f"{device_label(cfg, local, node_size, gpus, cores)}")
-    for kind, title in (("dp", "data-parallel groups (same stage, replicas 0..dp-1)"),
-                        ("pp", "pipeline groups (same replica, stages 0..pp-1)")):
+    groups = [("dp", "data-parallel groups (same stage and shard, replicas 0..dp-1)"),
+              ("pp", "pipeline groups (same replica and shard, stages 0..pp-1)")]
+    if grid.tp > 1:
+        groups.append(("tp", "tensor groups (same replica and stage, shards 0..tp-1)"))
+    for kind, title in groups:
         lines += ["", title + ":"]
         lines += [f"  {i}: ranks {g}" for i, g in enumerate(all_groups(grid, kind))]
     extra = model_plan_lines(cfg)

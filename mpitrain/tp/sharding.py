@@ -122,6 +122,6 @@ def check_divides(where: str, key: str, value: int, tp: int) -> None:
     if tp > 1 and value % tp:
         from ..errors import ConfigError
 
-        valid = [d for d in range(1, value + 1) if value % d == 0 and d <= 64]
+        valid = [d for d in range(1, value + 1) if value % d == 0]
         raise ConfigError(f"{where}: {key} = {value} does not split over [grid] tp = {tp}; use tp in "
                           f"{', '.join(map(str, valid))} (divisors of {value}) or change {key}")

@@ -147,8 +147,11 @@ class NerTask(Task):
                 raise UsageError(f"{cfg.source}: the model's vocabulary is unknown until the data is "
                                  "prepared; set [model] pretrained or vocab_size to plan it")
             config, specs = model_specs(cfg, num_labels, tokenizer_dir or ".")
-            check_divides(cfg.source, "the model's num_attention_heads", config.num_attention_heads, cfg.grid.tp)
-            check_divides(cfg.source, "the model's intermediate_size", config.intermediate_size, cfg.grid.tp)
+            m = cfg.model
+            heads, inner = (("[model] heads", "[model] intermediate") if not m.pretrained else
+                            (f"num_attention_heads of {m.pretrained}", f"intermediate_size of {m.pretrained}"))
+            check_divides(cfg.source, heads, config.num_attention_heads, cfg.grid.tp)
+            check_divides(cfg.source, inner, config.intermediate_size, cfg.grid.tp)
         finally:
             if cleanup is not None:
                 cleanup.cleanup()

@@ -1,0 +1,55 @@
+"""Tensor parallelism from the user's side: `plan` shows the shards, job files
+accept tp, and sizes that cannot split are one clear line (exit 2, printed once)."""
+import subprocess
+import sys
+
+import pytest
+
+from mpirun import ROOT, run_mpi
+
+GPT = "jobs/test_tiny_gpt.toml"
+
+
+def plan(*sets):
+    args = [sys.executable, "-m", "mpitrain", "plan", GPT]
+    for s in sets:
+        args += ["--set", s]
+    return subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=120)
+
+
+def test_plan_shows_tensor_shards():
+    out = plan("grid.tp=2", "model.n_head=4", "model.vocab_size=299").stdout
+    assert "tensor groups (same replica and stage, shards 0..tp-1):\n  0: ranks [0, 1]" in out
+    assert "tensor shards (tp = 2)" in out
+    assert "block.*.attn.c_attn.weight               [96, 32] -> [48, 32], dim 0, 3 blocks" in out
+    assert "head.lm_head.weight                      [299, 32] -> [150, 32], dim 0, padded" in out
+    assert "block.*.mlp.c_proj.weight                [32, 128] -> [32, 64], dim 1" in out
+    # per shard: the split parameters halve, the replicated ones (LayerNorms, positions, biases) stay
+    row = out.split("split   replicated\n")[1].splitlines()[0].split()
+    per_shard, split, replicated = (int(v.replace(",", "")) for v in row[1:])
+    assert per_shard == split + replicated and 0 < replicated < split
+
+
+@pytest.mark.parametrize("sets,key", [
+    (["grid.tp=4", "model.n_head=2"], "[model] n_head = 2 does not split over [grid] tp = 4; use tp in 1, 2"),
+])
+def test_plan_names_the_key_that_does_not_split(sets, key):
+    assert key in plan(*sets).stdout
+
+
+@pytest.mark.parametrize("job,sets,key", [
+    (GPT, ["model.n_head=2"], "[model] n_head = 2 does not split over [grid] tp = 4; use tp in 1, 2"),
+    ("jobs/test_tiny_ner.toml", ["model.heads=2"],
+     "[model] heads = 2 does not split over [grid] tp = 4; use tp in 1, 2"),
+    ("jobs/test_tiny_ner.toml", ["model.heads=4", "model.intermediate=66"],
+     "[model] intermediate = 66 does not split over [grid] tp = 4; use tp in 1, 2, 3, 6, 11, 22, 33, 66"),
+])
+def test_training_with_sizes_that_do_not_split_is_one_line(tmp_path, job, sets, key):
+    args = ["-m", "mpitrain", "train", job, "--set", "grid.tp=4", "--set", f'job.run_dir="{tmp_path}/run"',
+            "--set", f'data.prepared_dir="{tmp_path}/prep"']
+    for s in sets:
+        args += ["--set", s]
+    result = run_mpi(4, args, timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mpitrain: error: ") and key in lines[0], lines
