@@ -15,7 +15,7 @@ TOL = 1e-6
 
 
 def close(a, b, what):
-    err = float((a - b).abs().max()) if a.numel() else 0.0
+    err = float((a - b).detach().abs().max()) if a.numel() else 0.0
     assert err < TOL, f"rank {r}: {what} differs by {err:.2e}"
 
 
@@ -76,6 +76,44 @@ close(loss, dense_loss, "cross-entropy")
 loss.sum().backward()
 gfull = torch.cat([ld.grad, torch.zeros(6, padded_vocab(11, n) - 11)], dim=-1)
 close(local.grad, gfull[:, r * per:(r + 1) * per], "cross-entropy gradient")
+
+# fused q|k|v (3 blocks, each split by heads) then row-parallel: attention's projections
+qkv, proj = nn.Linear(8, 3 * 8), nn.Linear(8, 8)
+xd = x.clone().requires_grad_(True)
+qd, kd, vd = qkv(xd).chunk(3, dim=-1)
+dense = proj(qd * kd + vd)
+dense.backward(grad_out)
+fused = ColumnParallelLinear.from_dense(qkv, comm, chunks=3)
+rowp = RowParallelLinear.from_dense(proj, comm)
+xt = x.clone().requires_grad_(True)
+qt, kt, vt = fused(xt).chunk(3, dim=-1)
+out = rowp(qt * kt + vt)
+out.backward(grad_out)
+close(out, dense, "fused q|k|v output")
+close(xt.grad, xd.grad, "fused q|k|v input gradient")
+close(fused.split.join(comm.allgather(fused.weight.grad)), qkv.weight.grad, "fused weight gradient (joined)")
+
+# vocabulary-parallel output layer, 11 outputs padded: padding logits are -inf
+head = nn.Linear(6, 11, bias=False)
+hp = ColumnParallelLinear.from_dense(head, comm, padded=True)
+h = torch.randn(3, 6)
+logits = hp(h)
+full = torch.cat(comm.allgather(logits.detach()), dim=-1)
+close(full[:, :11], head(h).detach(), "padded head logits")
+assert bool(torch.isinf(full[:, 11:]).all()) and full.shape[-1] == padded_vocab(11, n)
+ld = head(h)
+hl = vocab_parallel_cross_entropy(logits, torch.tensor([0, 10, 4]), comm, vocab=11).sum()
+hl.backward()
+F.cross_entropy(ld, torch.tensor([0, 10, 4]), reduction="sum").backward()
+close(hp.split.join(comm.allgather(hp.weight.grad)), head.weight.grad, "padded head gradient (joined)")
+
+# padding_idx: the padding row gets no gradient, as in nn.Embedding
+pe = nn.Embedding(11, 6, padding_idx=7)
+vpe = VocabParallelEmbedding.from_dense(pe, comm)
+out = vpe(ids)
+out.backward(torch.ones_like(out))
+pe(ids).backward(torch.ones_like(out))
+close(vpe.weight.tp_split.join(comm.allgather(vpe.weight.grad)), pe.weight.grad, "padding_idx embedding gradient")
 
 comm.Barrier()
 if r == 0:
