@@ -53,3 +53,35 @@ def test_training_with_sizes_that_do_not_split_is_one_line(tmp_path, job, sets, 
     assert result.returncode == 2, result.stderr[-2000:]
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("mpitrain: error: ") and key in lines[0], lines
+
+
+def train_job(tmp, n, grid, extra=()):
+    args = ["-m", "mpitrain", "train", GPT, "--set", f'job.run_dir="{tmp}/run"', "--set",
+            f'data.prepared_dir="{tmp}/prep"', "--set", "model.n_head=4", "--set", "model.vocab_size=299",
+            "--set", "model.dropout=0.1"]
+    for s in [*grid, *extra]:
+        args += ["--set", s]
+    result = run_mpi(n, args, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = result.stdout + result.stderr
+    assert "greedy continuation of" in text
+    return tmp / "run", text.split("greedy continuation of")[1].splitlines()[1]
+
+
+def test_tp_run_evaluates_and_exports_like_one_process(tmp_path):
+    """The whole job at dp 1 x pp 2 x tp 2 with dropout on: dev loss, the greedy
+    continuation (vocabulary-parallel logits joined) and the exported GPT-2 weights
+    (shards joined) are those of the same job in one process."""
+    import json
+
+    from safetensors.torch import load_file
+
+    one, said_one = train_job(tmp_path / "one", 1, [])
+    split, said_split = train_job(tmp_path / "split", 4, ["grid.pp=2", "grid.tp=2"])
+    assert said_one == said_split
+    dev = [json.loads((d / "eval_dev.json").read_text())["loss"] for d in (one, split)]
+    assert abs(dev[0] - dev[1]) < 1e-5, dev
+    a, b = load_file(one / "model" / "model.safetensors"), load_file(split / "model" / "model.safetensors")
+    assert a.keys() == b.keys() and a["transformer.wte.weight"].shape[0] == 299
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert worst < 1e-5, worst

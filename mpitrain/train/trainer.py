@@ -80,7 +80,8 @@ class Trainer:
         self.train_set = self.datasets["train"]
         if self.topo.rank == 0:
             self.log.info(f"{cfg.job.name}: task {cfg.job.task}, {topo.size} ranks = dp {topo.grid.dp} x "
-                          f"pp {pp}, {self.microbatches} micro-batch(es) per replica, schedule "
+                          f"pp {pp}" + (f" x tp {topo.grid.tp}" if topo.grid.tp > 1 else "") +
+                          f", {self.microbatches} micro-batch(es) per replica, schedule "
                           f"{cfg.pipeline.schedule}; run dir {self.run_dir}")
         self.model = self._build_model()
         t = cfg.train
