@@ -10,15 +10,39 @@ MPI_Allgather directly rather than the chunked ring (which pays off for large
 gradient buckets)."""
 from __future__ import annotations
 
+import time
+
 import torch
+
+
+class CommTime:
+    """Seconds and bytes spent in tensor-parallel communication on this rank (for
+    step-time breakdowns and benchmarks); `reset` between measurements."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self.seconds, self.bytes, self.calls = 0.0, 0, 0
+
+    def add(self, seconds: float, nbytes: int) -> None:
+        self.seconds += seconds
+        self.bytes += nbytes
+        self.calls += 1
+
+
+COMM_TIME = CommTime()
 
 
 def allreduce(t: torch.Tensor, comm, op=None) -> torch.Tensor:
     from mpi4py import MPI
 
+    start = time.perf_counter()
     buf = t.detach().to("cpu", copy=True).contiguous()
     comm.Allreduce(MPI.IN_PLACE, buf.numpy(), op=op or MPI.SUM)
-    return buf.to(t.device)
+    out = buf.to(t.device)
+    COMM_TIME.add(time.perf_counter() - start, buf.numel() * buf.element_size())
+    return out
 
 
 class _Copy(torch.autograd.Function):
@@ -46,9 +70,11 @@ class _Gather(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, comm):
         ctx.comm, ctx.width = comm, x.shape[-1]
+        start = time.perf_counter()
         local = x.detach().to("cpu", copy=True).contiguous()
         out = torch.empty((comm.Get_size(),) + tuple(local.shape), dtype=local.dtype)
         comm.Allgather(local.numpy(), out.numpy())
+        COMM_TIME.add(time.perf_counter() - start, out.numel() * out.element_size())
         return torch.cat(list(out), dim=-1).to(x.device)
 
     @staticmethod
