@@ -29,12 +29,21 @@ def crash_after(k, n, job, run_dir, prep, sets=(), timeout=300):
 
 
 def checkpoint_tensors(directory: Path) -> dict:
-    """{key: array} of every tensor of a checkpoint, read through its manifest."""
+    """{key: array} of every tensor of a checkpoint, read through its manifest with
+    h5py (a tensor split over tp: its pieces joined along the split)."""
+    import torch
+
+    from mpitrain.tp.sharding import Split
+
     manifest = json.loads((directory / "manifest.json").read_text())
     out = {}
     for key, entry in manifest["tensors"].items():
-        with h5py.File(directory / entry["file"], "r") as f:
-            out[key] = f[key][()]
+        pieces = []
+        for piece in entry.get("pieces", [entry]):
+            with h5py.File(directory / piece["file"], "r") as f:
+                pieces.append(f[key][()])
+        out[key] = pieces[0] if "pieces" not in entry else \
+            Split.from_json(entry["split"]).join([torch.from_numpy(a) for a in pieces]).numpy()
     return out
 
 

@@ -61,7 +61,8 @@ def test_wrong_type(tmp_path):
 
 def test_out_of_range_and_choices(tmp_path):
     assert "[grid] pp: 0 is below the minimum 1" in error_of(write(tmp_path, "[grid]\npp = 0\n"))
-    assert "above the maximum 1" in error_of(write(tmp_path, "[grid]\ntp = 2\n"))
+    assert "[grid] tp: 0 is below the minimum 1" in error_of(write(tmp_path, "[grid]\ntp = 0\n"))
+    assert "above the maximum 1" in error_of(write(tmp_path, "[train]\nmomentum = 1.5\n"))
     msg = error_of(write(tmp_path, '[comm]\nalgorithm = "tree"\n'))
     assert "'tree' is not one of 'ring', 'mpi', 'auto'" in msg
 

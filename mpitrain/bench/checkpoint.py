@@ -40,16 +40,26 @@ def add_arguments(parser) -> None:
 
 
 def gathered_state(trainer) -> dict | None:
-    """Model and optimizer state of the whole model on rank 0 (collective)."""
+    """Model and optimizer state of the whole model on rank 0, with logical shapes
+    (collective)."""
     from ..train.state import optimizer_state
 
     model = trainer.model.gather_state(root=0)
-    mine = None
-    if trainer.topo.coords.dp == 0:
-        mine = optimizer_state(trainer.optimizer, trainer.model.named_parameters())["state"]
+    topo, mine = trainer.topo, None
+    if topo.coords.dp == 0:
+        params = dict(trainer.model.named_parameters())
+        mine = optimizer_state(trainer.optimizer, params.items())["state"]
         mine = {n: {k: v.cpu() for k, v in s.items()} for n, s in mine.items()}
-    parts = trainer.topo.world.gather(mine, root=0)
-    if trainer.topo.rank != 0:
+        splits = trainer.model.splits()
+        for name in sorted(mine):  # per-element state of a split parameter: joined over the tensor group
+            for key in sorted(mine[name]):
+                split, value = splits.get(name), mine[name][key]
+                if split is not None and value.shape == params[name].shape:
+                    mine[name][key] = split.join(topo.tp_comm.allgather(value))
+        if topo.coords.tp != 0:
+            mine = None
+    parts = topo.world.gather(mine, root=0)
+    if topo.rank != 0:
         return None
     optim = {}
     for part in parts:
@@ -124,7 +134,8 @@ def run(args) -> int:
         med = statistics.median
         g = topo.grid
         step_s = med(plain) / args.steps
-        row = {"layout": f"dp {g.dp} x pp {g.pp}", "size_mib": size / 2**20, "torch_size_mib": torch_size / 2**20,
+        row = {"layout": f"dp {g.dp} x pp {g.pp} x tp {g.tp}", "size_mib": size / 2**20,
+               "torch_size_mib": torch_size / 2**20,
                "save_s": med(save_s), "held_s": med(held), "load_s": med(load_s),
                "torch_save_s": med(torch_save), "torch_load_s": med(torch_load),
                "save_throughput_vs_torch": (size / med(save_s)) / (torch_size / med(torch_save)),

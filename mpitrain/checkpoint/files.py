@@ -2,8 +2,10 @@
 checksum per dataset, and fsync of files and directories.
 
 A tensor is stored under its key (``model/<global name>`` or
-``optim/<global name>/<state>``) with its logical shape; bfloat16, which numpy
-lacks, is stored as its 16-bit pattern and named in the manifest's dtype.
+``optim/<global name>/<state>``) with its logical shape -- or, split over the
+tensor group, as one piece per shard, each under the same key in the file of
+the rank that wrote it (`pieces.py`); bfloat16, which numpy lacks, is stored as
+its 16-bit pattern and named in the manifest's dtype.
 """
 from __future__ import annotations
 
@@ -77,7 +79,8 @@ def write_rank_file(path: Path, tensors: dict[str, tuple[np.ndarray, str]], rng:
 
 
 def read_tensor(directory: Path, key: str, entry: dict, files: dict) -> torch.Tensor:
-    """One tensor, checked against its manifest entry (shape, dtype, checksum)."""
+    """One stored dataset, checked against its entry {file, shape, dtype, crc32} (a
+    whole tensor's manifest entry, or one piece of a split one)."""
     path = directory / entry["file"]
     where = f"{path}: dataset {key}"
     try:

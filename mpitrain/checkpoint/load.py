@@ -2,7 +2,10 @@
 
 Every rank reads the manifest and then only the tensors it holds, by global
 name, from whichever files hold them: nothing depends on the layout the
-checkpoint was written with. Everything is read and verified (shape, dtype,
+checkpoint was written with. Shapes are logical; a tensor split over the
+tensor group is read as this rank's slice -- only its own piece when the
+checkpoint was split the same way, else the pieces joined (or the whole
+tensor) and sliced (`pieces.py`). Everything is read and verified (shape, dtype,
 checksum) into memory first; all ranks agree it succeeded; only then is the
 trainer changed. RNG states and epoch accumulators are per rank, so they are
 restored only when the layout is the same (then the resumed run is bitwise the
@@ -14,8 +17,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import UsageError
-from .files import CheckpointError, close_all, read_rank_state, read_tensor
+from .files import CheckpointError, close_all, read_rank_state
 from .manifest import candidates, read_manifest
+from .pieces import read_local
 
 
 def _layout(trainer) -> dict:
@@ -24,7 +28,7 @@ def _layout(trainer) -> dict:
 
 
 def check_compatible(trainer, manifest: dict, directory: Path, all_names: list[str]) -> None:
-    """The checkpoint holds exactly this model's tensors with these shapes, for this task."""
+    """The checkpoint holds exactly this model's tensors with these (logical) shapes, for this task."""
     where = directory / "manifest.json"
     if manifest["task"] != trainer.cfg.job.task:
         raise CheckpointError(f"{where}: a checkpoint of task {manifest['task']!r}, not {trainer.cfg.job.task!r}; "
@@ -52,16 +56,20 @@ def read_part(trainer, directory: Path, manifest: dict, all_names, with_optimize
     """This rank's tensors (and RNG when the layout matches), verified, in memory."""
     check_compatible(trainer, manifest, directory, all_names)
     files: dict = {}
+    tensors, splits = manifest["tensors"], trainer.model.splits()
+    shapes = trainer.model.logical_shapes()
     try:
-        model = {name: read_tensor(directory, f"model/{name}", manifest["tensors"][f"model/{name}"], files)
+        model = {name: read_local(directory, f"model/{name}", tensors[f"model/{name}"], files, splits[name])
                  for name in trainer.model.stage.global_state_dict()}
         optim = {}
         if with_optimizer:
-            for key, entry in manifest["tensors"].items():
+            for key, entry in tensors.items():
                 if key.startswith("optim/"):
                     name, stat = key[len("optim/"):].rsplit("/", 1)
                     if name in model:
-                        optim.setdefault(name, {})[stat] = read_tensor(directory, key, entry, files)
+                        # a per-element stat of a split parameter is split like it; a scalar is whole
+                        split = splits[name] if tuple(entry["shape"]) == tuple(shapes[name]) else None
+                        optim.setdefault(name, {})[stat] = read_local(directory, key, entry, files, split)
     finally:
         close_all(files)
     part = {"model": model, "optim": optim, "rng": None}
@@ -121,9 +129,9 @@ def load_into(trainer, directory: Path, with_optimizer: bool = True) -> dict:
 
 
 def model_shapes(trainer) -> list[tuple[str, tuple]]:
-    """(global name, shape) of every parameter and buffer of the whole model (collective)."""
-    mine = [(n, tuple(t.shape)) for n, t in trainer.model.stage.global_state_dict().items()]
-    if trainer.topo.coords.dp != 0:
+    """(global name, logical shape) of every parameter and buffer of the whole model (collective)."""
+    mine = sorted(trainer.model.logical_shapes().items())
+    if trainer.topo.coords.dp != 0 or trainer.topo.coords.tp != 0:
         mine = []
     merged = {}
     for part in trainer.topo.world.allgather(mine):

@@ -3,7 +3,9 @@
     CHECKPOINT_ROOT/
       step-00000120/          one committed checkpoint
         manifest.json         written last: format, task, layout, run state,
-                              every tensor -> {file, shape, dtype, crc32}
+                              every tensor -> {file, shape, dtype, crc32}, or
+                              for one split over tp -> {shape, dtype, split,
+                              pieces: [{file, shape, crc32}, ...]} (`pieces.py`)
         rank-00000.h5 ...     one file per rank: its tensors (one data-parallel
                               replica writes each) and its RNG state
       latest                  the name of the newest committed checkpoint
@@ -22,10 +24,16 @@ from pathlib import Path
 
 from .files import CheckpointError, fsync_path
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2   # the newest this reads: 1 every tensor whole, 2 tensors split over tp in pieces
 MANIFEST = "manifest.json"
 LATEST = "latest"
 _NAME = re.compile(r"^step-(\d{8,})$")
+
+
+def format_version(tp: int) -> int:
+    """The format a checkpoint saved at this tp is written in (1 without tensor
+    parallelism, so that it stays readable by an mpitrain that predates it)."""
+    return 2 if tp > 1 else 1
 
 
 def checkpoint_name(step: int) -> str:

@@ -3,7 +3,9 @@
 1. Snapshot (every rank, blocking, short): copies of this rank's share of its
    stage's tensors -- parameters and optimizer state under global names; each
    tensor is written by one data-parallel replica, the replicas sharing the
-   bytes -- its RNG state and epoch accumulators, into reused host buffers.
+   bytes; a tensor split over the tensor group as one piece per shard, a
+   replicated one once (`pieces.py`) -- its RNG state and epoch accumulators,
+   into reused host buffers.
    Training may go on at once: the copies do not change.
 2. Write (every rank, in a background thread when `checkpoint.background`): its
    own HDF5 file in the temporary directory, fsync'd.
@@ -23,45 +25,40 @@ from pathlib import Path
 from ..failure import exit_everywhere
 from . import rng
 from .files import CheckpointError, fsync_path, to_array, write_rank_file
-from .manifest import (FORMAT_VERSION, MANIFEST, checkpoint_name, committed, latest, read_manifest,
+from .manifest import (MANIFEST, checkpoint_name, committed, format_version, latest, read_manifest,
                        set_latest, write_json_durably)
-
-
-def writer_of(sizes: dict[str, int], replicas: int) -> dict[str, int]:
-    """Which data-parallel replica writes each tensor: the biggest first, each to the
-    replica with the fewest bytes so far (the same answer on every replica)."""
-    load = [0] * replicas
-    owner = {}
-    for key in sorted(sizes, key=lambda k: (-sizes[k], k)):
-        r = load.index(min(load))
-        owner[key] = r
-        load[r] += sizes[key]
-    return owner
+from .pieces import mark_pieces, merge_entries, tensor_splits, writer_of
 
 
 def snapshot(trainer, buffers: dict) -> dict:
     """This rank's part of a checkpoint, as host copies (see the module doc). The
-    replicas of a stage hold the same values, so they share its writing.
+    ranks of a stage share its writing: each shard of a tensor split over the
+    tensor group by one of its replicas, a replicated tensor by one rank.
     `buffers` ({key: array}) are reused from save to save."""
     from ..train.state import optimizer_state
 
-    topo = trainer.topo
-    tensors = {f"model/{n}": t for n, t in trainer.model.stage.global_state_dict().items()}
-    opt = optimizer_state(trainer.optimizer, trainer.model.named_parameters(), copy=False)
+    topo, model = trainer.topo, trainer.model
+    tensors = {f"model/{n}": t for n, t in model.stage.global_state_dict().items()}
+    params = dict(model.named_parameters())
+    opt = optimizer_state(trainer.optimizer, params.items(), copy=False)
     for name, state in opt["state"].items():
         for key, value in state.items():
             tensors[f"optim/{name}/{key}"] = value
-    owner = writer_of({k: t.numel() * t.element_size() for k, t in tensors.items()}, topo.grid.dp)
+    splits = tensor_splits(tensors, model.splits(), params)
+    owner = writer_of({k: t.numel() * t.element_size() for k, t in tensors.items()}, topo.grid.dp,
+                      topo.grid.tp, set(splits))
+    me = (topo.coords.dp, topo.coords.tp)
     mine = {}
     for key, t in tensors.items():
-        if owner[key] == topo.coords.dp:
+        if owner[(key, topo.coords.tp if key in splits else 0)] == me:
             mine[key] = to_array(t, buffers.get(key))
             buffers[key] = mine[key][0]
     totals = trainer.epoch_totals
-    return {"rank": topo.rank, "tensors": mine, "groups": opt["param_groups"] if topo.coords.dp == 0 else [],
-            "rng": rng.capture(),
-            "attrs": {"rank": topo.rank, "format_version": FORMAT_VERSION, "loss_sum": totals.loss,
-                      "loss_count": totals.count, "tokens": totals.tokens}}
+    return {"rank": topo.rank, "tensors": mine, "rng": rng.capture(),
+            "splits": {k: s for k, s in splits.items() if k in mine},
+            "groups": opt["param_groups"] if me == (0, 0) else [],
+            "attrs": {"rank": topo.rank, "format_version": format_version(topo.grid.tp),
+                      "loss_sum": totals.loss, "loss_count": totals.count, "tokens": totals.tokens}}
 
 
 def run_state(trainer, metrics: dict | None) -> dict:
@@ -147,7 +144,8 @@ class CheckpointSaver:
         part = p["part"]
         try:
             path = p["tmp"] / f"rank-{part['rank']:05d}.h5"
-            p["result"] = (write_rank_file(path, part["tensors"], part["rng"], part["attrs"]), None)
+            entries = write_rank_file(path, part["tensors"], part["rng"], part["attrs"])
+            p["result"] = (mark_pieces(entries, part["splits"]), None)
         except Exception as e:  # noqa: BLE001 - reported by the commit, on every rank
             p["result"] = (None, f"rank {part['rank']}: {type(e).__name__}: {e}")
         part["tensors"] = None
@@ -193,12 +191,11 @@ class CheckpointSaver:
 
     def _publish(self, p: dict, parts: list) -> None:
         """Rank 0: manifest, rename into place, move `latest`, prune."""
-        tensors = {}
-        for entries, _, _ in parts:
-            tensors.update(entries)
+        tensors = merge_entries([entries for entries, _, _ in parts])
         files = sorted(f.name for f in p["tmp"].glob("rank-*.h5"))
-        manifest = {"format_version": FORMAT_VERSION, "task": self.trainer.cfg.job.task,
-                    "layout": p["state"].pop("layout"), "files": files, "tensors": tensors,
+        layout = p["state"].pop("layout")
+        manifest = {"format_version": format_version(layout["tp"]), "task": self.trainer.cfg.job.task,
+                    "layout": layout, "files": files, "tensors": tensors,
                     "param_groups": merge_groups([g for _, _, g in parts]), "state": p["state"]}
         write_json_durably(p["tmp"] / MANIFEST, manifest)
         final = self.root / p["name"]

@@ -20,6 +20,7 @@ def run(args) -> int:
 
     from ..checkpoint.files import close_all, read_tensor
     from ..checkpoint.manifest import latest, read_manifest
+    from ..checkpoint.pieces import datasets
     from ..failure import agree_or_exit
 
     path = Path(args.path)
@@ -29,13 +30,18 @@ def run(args) -> int:
     state, layout = manifest["state"], manifest["layout"]
     files: dict = {}
 
-    def verify():
+
+    def verify() -> int:
+        count = 0
         try:
             for key, entry in manifest["tensors"].items():
-                read_tensor(path, key, entry, files)
+                for dataset in datasets(path, key, entry):  # a tensor split over tp: each of its pieces
+                    read_tensor(path, key, dataset, files)
+                    count += 1
         finally:
             close_all(files)
-    agree_or_exit(verify)
+        return count
+    verified = agree_or_exit(verify)
     model = {k: v for k, v in manifest["tensors"].items() if k.startswith("model/")}
     optim = {k: v for k, v in manifest["tensors"].items() if k.startswith("optim/")}
     size = sum((path / f).stat().st_size for f in manifest["files"])
@@ -50,6 +56,9 @@ def run(args) -> int:
         print("  dev metrics: " + ", ".join(f"{k} {v:.4g}" for k, v in state["metrics"].items()))
     if args.tensors:
         for key, entry in sorted(manifest["tensors"].items()):
-            print(f"    {key:<60} {str(entry['shape']):<16} {entry['dtype']:<9} {entry['file']}")
-    print(f"  all {len(manifest['tensors'])} checksums verified")
+            where = entry["file"] if "pieces" not in entry else \
+                f"{len(entry['pieces'])} pieces along dim {entry['split']['dim']}: " + \
+                ", ".join(piece["file"] for piece in entry["pieces"])
+            print(f"    {key:<60} {str(entry['shape']):<16} {entry['dtype']:<9} {where}")
+    print(f"  all {verified} checksums verified")
     return 0
