@@ -48,6 +48,26 @@ def test_layout_matches_single_process(tmp_path_factory, tmp_path, task, dropout
     ranks = train_layout(tmp_path, JOBS[task][0], sets(tmp_path, task, dropout), dp, pp, tp=tp)
     worst = worst_difference(ranks, ref)
     assert worst < TOL, f"{task} dp={dp} pp={pp} tp={tp} dropout={dropout}: max |difference| {worst:.2e}"
+    if task == "gpt" and pp == 2:
+        check_parameter_info(tmp_path, dp * pp * tp, tp)
+
+
+def check_parameter_info(tmp, n, tp):
+    """Every rank knows each of its parameters' logical shape, split and tied group."""
+    import json
+
+    info = {}
+    for r in range(n):
+        for item in json.loads((tmp / f"info-{r}.json").read_text()):
+            info.setdefault(item["name"], []).append(item)
+    head = info["head.lm_head.weight"][0]
+    assert head["logical_shape"] == [299, 32] and head["shape"] == [150, 32]
+    assert head["split"]["dim"] == 0 and head["split"]["padded"] and not head["replicated"]
+    assert head["tied"] == ["embed.wte.weight", "head.lm_head.weight"]
+    ln = info["block.0.ln_1.weight"][0]
+    assert ln["split"] is None and ln["replicated"] and ln["tied"] is None
+    assert info["block.0.attn.c_attn.weight"][0]["split"]["chunks"] == 3
+    assert all(len(v) == 2 * tp or len(v) == tp for v in info.values())  # every shard of every holder
 
 
 def test_dropout_changes_training(tmp_path_factory):

@@ -27,7 +27,13 @@ def replica_chunks(n: int, dp: int, replica: int, eval_batch: int, microbatches:
 def predict(trainer, split, collect) -> list | None:
     """Forward every sample of `split` (a name or a dataset) through the model.
     Returns on world rank 0 the concatenation of `collect`'s lists (in rank, then
-    batch order), None elsewhere. Collective over the world."""
+    batch order), None elsewhere. Collective over the world.
+
+    With tensor parallelism `collect` runs on every shard of a last stage's tensor
+    group, in step, so it may communicate over the group: outputs split by the
+    tensor group (e.g. vocabulary-parallel logits) must be combined there (a
+    vocabulary-parallel loss, `mpitrain.tp.ops.gather_last_dim`). Rank 0 keeps
+    shard 0's items; the other shards' are the same."""
     topo, model = trainer.topo, trainer.model
     dataset = trainer.datasets[split] if isinstance(split, str) else split
     items = []

@@ -27,7 +27,7 @@ class ParallelModel:
         The partition is decided once, on world rank 0, and broadcast to every
         rank: every replica cuts the model at the same places even when the
         method measures times ('profile')."""
-        self.topo, self.seed, self.dropout = topo, seed, dropout
+        self.topo, self.seed, self.dropout, self.tied = topo, seed, dropout, [tuple(g) for g in tied]
         if topo.grid.pp == 1:
             partition = "uniform"  # one stage holds every layer; nothing to balance or measure
         self.partition = plan_partition(specs, topo.grid.pp, partition, comm=topo.world,
@@ -80,6 +80,17 @@ class ParallelModel:
     def predict(self, microbatches, collect) -> list:
         """Forward only; `collect(output, mb)` results on the last stage, [] elsewhere."""
         return forward_only(self.stage, self.engine.p2p, microbatches, collect)
+
+    def param_info(self) -> list[dict]:
+        """What is known of each parameter this rank holds: global name, logical
+        shape, local shape, its tensor-parallel split (None: replicated in the tensor
+        group) and its tied group (None: not tied)."""
+        from ..tp.sharding import logical_shape, split_of
+
+        tied = {name: tuple(group) for group in self.tied for name in group}
+        return [{"name": n, "logical_shape": logical_shape(p), "shape": tuple(p.shape), "split": split_of(p),
+                 "replicated": split_of(p) is None and self.topo.grid.tp > 1, "tied": tied.get(n)}
+                for n, p in self.stage.global_named_parameters()]
 
     def splits(self) -> dict:
         """Global name -> `Split` of each tensor this rank holds (None: whole here)."""

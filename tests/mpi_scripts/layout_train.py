@@ -4,6 +4,7 @@ usage: layout_train.py OUTDIR JOB.toml [--wrong-grad-scale] [--set k=v ...]
 
 --wrong-grad-scale halves the backward scale: a deliberate bug the layout
 tests must catch."""
+import json
 import sys
 from pathlib import Path
 
@@ -21,6 +22,8 @@ if "--wrong-grad-scale" in rest:
 result = run_epoch(trainer, 0)
 state = trainer.model.logical_state()  # tensor shards joined: compared whole
 np.savez(out / f"rank-{trainer.topo.rank}.npz", **{k: v.float().numpy() for k, v in state.items()})
+info = [{**i, "split": i["split"].to_json() if i["split"] else None} for i in trainer.model.param_info()]
+(out / f"info-{trainer.topo.rank}.json").write_text(json.dumps(info))
 if trainer.topo.rank == 0:
     print(f"steps {result.steps} loss {result.loss:.6f}", flush=True)
 trainer.close()
