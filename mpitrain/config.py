@@ -45,6 +45,11 @@ class RuntimeSection:
     threads: int = opt(0, "torch CPU threads per rank; 0 = cores on node // ranks on node", min=0)
     verbose: bool = opt(False, "let every rank log, not only rank 0")
     rank_logs: bool = opt(False, "also write each rank's log to RUN_DIR/logs/rank-N.log")
+    stall_timeout: float = opt(0.0, "seconds a rank may wait on MPI before the job is ended as stalled "
+                                    "(exit code 77); 0 = calibrated: max(30 s, 10x the slowest of the first "
+                                    "steps), 300 s until then", min=0.0)
+    check_collectives: bool = opt(False, "debug: compare (operation, size, dtype) across the group before "
+                                         "every collective; a mismatch ends the job at once naming both")
 
 
 @dataclass
@@ -85,6 +90,9 @@ class TrainSection:
     dropout: str = opt("invariant", "dropout masks: invariant (a function of seed, step, layer, sample and "
                                     "position: every layout trains like one process) | torch (torch's RNG; "
                                     "faster, differs by layout)", choices=("invariant", "torch"))
+    nonfinite: str = opt("stop", "a NaN or infinite loss or gradient norm on any rank: stop (exit code 78, the "
+                                 "last good checkpoint kept) | skip (that step, on every rank)",
+                         choices=("stop", "skip"))
     log_every: int = opt(50, "log loss, lr, gradient norm and throughput every N steps", min=1)
     tail: str = opt("drop", "last partial global batch of an epoch: drop | pad", choices=("drop", "pad"))
 

@@ -7,12 +7,18 @@
 * `agree_or_exit` runs a step that every rank performs (loading the job file,
   checking the grid) and exchanges a success flag, so that a user error on any
   rank is reported once, by the lowest failing rank, and every rank exits with
-  code 2 cleanly.
+  code 2 cleanly. `raise_together` is the same agreement without the exit: a
+  collective step that may fail on some ranks only raises on all of them.
+* `describe_exception` turns an exception raised by task code (a task method, a
+  layer builder) into a phrase for such a one-line error: its type, message and
+  the line of the task's code it came from.
 """
 from __future__ import annotations
 
 import os
+import re
 import sys
+import sysconfig
 import threading
 import time
 import traceback
@@ -45,17 +51,54 @@ def who() -> str:
     return f"rank {mpi.COMM_WORLD.Get_rank()} of {mpi.COMM_WORLD.Get_size()}"
 
 
+def one_line(text) -> str:
+    """`text` with its line breaks (and the spaces around them) folded into single spaces."""
+    return re.sub(r"\s*[\r\n]+\s*", " ", str(text).strip())
+
+
 def error_line(exc: BaseException) -> str:
     """The one line a user sees for a UsageError (rank named only in a multi-rank job)."""
     mpi = _mpi()
     if _describe is None and (mpi is None or mpi.COMM_WORLD.Get_size() == 1):
-        return f"mpitrain: error: {exc}"
-    return f"mpitrain: error: {who()}: {exc}"
+        return f"mpitrain: error: {one_line(exc)}"
+    return f"mpitrain: error: {who()}: {one_line(exc)}"
+
+
+def _report(error) -> None:
+    sys.stderr.write(f"mpitrain: error: {one_line(error)}\n")
+    sys.stderr.flush()
+
+
+_LIBRARY_DIRS = tuple(filter(None, {sysconfig.get_path(k) for k in ("stdlib", "platstdlib", "purelib", "platlib")}))
+_ENGINE = os.path.dirname(os.path.abspath(__file__)) + os.sep  # mpitrain, whose tasks/ are task code
+_TASKS = os.path.join(_ENGINE, "tasks") + os.sep
+
+
+def _in_task_code(filename: str) -> bool:
+    """Whether a traceback line is the task's: not the standard library, an installed
+    package or mpitrain's engine (mpitrain's built-in tasks are task code)."""
+    if filename.startswith(("<",) + _LIBRARY_DIRS):
+        return False
+    return not filename.startswith(_ENGINE) or filename.startswith(_TASKS)
+
+
+def describe_exception(exc: BaseException) -> str:
+    """'ValueError: message (at my_task.py:42)': the exception and the deepest line
+    of the task's code in its traceback (none named if it has none), for a
+    one-line error."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if _in_task_code(f.filename)]
+    text = f"{type(exc).__name__}: {one_line(exc)}" if str(exc).strip() else type(exc).__name__
+    if not frames:
+        return text
+    path = frames[-1].filename
+    relative = os.path.relpath(path)
+    return f"{text} (at {path if relative.startswith('..') else relative}:{frames[-1].lineno})"
 
 
 def abort(code: int, message: str) -> None:
-    """Print `message` and end the whole job (all ranks) with `code`."""
-    sys.stderr.write(message.rstrip("\n") + "\n")
+    """Print `message` (if any) and end the whole job (all ranks) with `code`."""
+    if message:
+        sys.stderr.write(message.rstrip("\n") + "\n")
     sys.stderr.flush()
     sys.stdout.flush()
     mpi = _mpi()
@@ -92,7 +135,7 @@ def agree_or_exit(step, comm=None):
     mpi = _mpi()
     if mpi is None and comm is None:
         if error is not None:
-            sys.stderr.write(f"mpitrain: error: {error}\n")
+            _report(error)
             sys.exit(error.exit_code)
         return result
     from mpi4py import MPI
@@ -101,9 +144,23 @@ def agree_or_exit(step, comm=None):
     first_failed = comm.allreduce(comm.Get_rank() if error else comm.Get_size(), op=MPI.MIN)
     if first_failed < comm.Get_size():
         if comm.Get_rank() == first_failed:
-            sys.stderr.write(f"mpitrain: error: {error}\n")
-            sys.stderr.flush()
+            _report(error)
         sys.exit(2)
+    return result
+
+
+def raise_together(step, comm):
+    """Run `step()` on every rank of `comm` (collective); if it raises a UsageError
+    on any rank, every rank raises the error of the lowest failing rank, so that
+    no rank goes on into a collective the others will not enter."""
+    error = result = None
+    try:
+        result = step()
+    except UsageError as e:
+        error = e
+    first = next((e for e in comm.allgather(error) if e is not None), None)
+    if first is not None:
+        raise first
     return result
 
 
@@ -119,8 +176,7 @@ def on_root_or_exit(step, comm, root: int = 0):
     failed, result = comm.bcast((error is not None, result), root=root)
     if failed:
         if comm.Get_rank() == root:
-            sys.stderr.write(f"mpitrain: error: {error}\n")
-            sys.stderr.flush()
+            _report(error)
         sys.exit(2)
     return result
 
@@ -129,7 +185,6 @@ def exit_everywhere(message: str, comm) -> None:
     """Collective: every rank knows the same user-facing failure; rank 0 prints it
     once and all ranks exit with code 2."""
     if comm.Get_rank() == 0:
-        sys.stderr.write(f"mpitrain: error: {message}\n")
-        sys.stderr.flush()
+        _report(message)
     sys.stdout.flush()
     sys.exit(2)

@@ -5,6 +5,7 @@ Every error is one line naming the file, the key, what is wrong and how to fix i
 from __future__ import annotations
 
 import difflib
+import math
 import tomllib
 import typing
 from dataclasses import fields
@@ -16,6 +17,12 @@ from .tasks import resolve_task
 
 _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
                list: "a list"}
+
+
+def _shown(name: str) -> str:
+    """A section or key name as it can appear in a one-line message (escapes if it
+    holds line breaks or other unprintable characters)."""
+    return name if name.isprintable() else repr(name)[1:-1]
 
 
 def _closest(name: str, options) -> str:
@@ -31,11 +38,16 @@ def _closest(name: str, options) -> str:
 def _coerce(value, typ, where: str):
     """Check a TOML value against a field type (ints are accepted for floats)."""
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            raise ConfigError(f"{where}: {value} is too large for a number; use a smaller value") from None
     ok = isinstance(value, typ) and not (typ is int and isinstance(value, bool))
     if not ok:
         raise ConfigError(f"{where}: expected {_TYPE_NAMES.get(typ, typ.__name__)}, "
                           f"got {value!r}; fix the value's type")
+    if typ is float and not math.isfinite(value):
+        raise ConfigError(f"{where}: expected a finite number, got {value!r}; give a number")
     return value
 
 
@@ -51,12 +63,12 @@ def _check_range(value, meta: dict, where: str) -> None:
 def _apply(cfg: JobConfig, section: str, key: str, value, where: str) -> None:
     classes = section_classes(cfg.task_sections and {k: type(v) for k, v in cfg.task_sections.items()})
     if section not in classes:
-        raise ConfigError(f"{where}: unknown section [{section}]; {_closest(section, classes)}")
+        raise ConfigError(f"{where}: unknown section [{_shown(section)}]; {_closest(section, classes)}")
     obj = cfg.section(section)
     hints = typing.get_type_hints(type(obj))
     names = [f.name for f in fields(obj)]
     if key not in names:
-        raise ConfigError(f"{where}: unknown key '{key}' in [{section}]; {_closest(key, names)}")
+        raise ConfigError(f"{where}: unknown key '{_shown(key)}' in [{section}]; {_closest(key, names)}")
     meta = next(f.metadata for f in fields(obj) if f.name == key)
     typ = hints[key]
     typ = typing.get_origin(typ) or typ  # list[int] -> list
@@ -66,17 +78,18 @@ def _apply(cfg: JobConfig, section: str, key: str, value, where: str) -> None:
 
 
 def parse_override(text: str):
-    """'section.key=value' -> (section, key, value); the value is read as TOML,
-    or taken as a plain string if it isn't valid TOML."""
+    """'section.key=value' -> (section, key, value); the value is read as one TOML
+    value, or taken as a plain string if it isn't one."""
     if "=" not in text or "." not in text.split("=", 1)[0]:
-        raise ConfigError(f"--set {text}: expected SECTION.KEY=VALUE, e.g. --set grid.dp=2")
+        raise ConfigError(f"--set {_shown(text)}: expected SECTION.KEY=VALUE, e.g. --set grid.dp=2")
     path, raw = text.split("=", 1)
-    section, key = path.strip().split(".", 1)
+    section, key = path.split(".", 1)
     try:
-        value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw
-    return section, key.strip(), value
+        parsed = tomllib.loads(f"v = {raw}")
+    except (ValueError, RecursionError):  # TOMLDecodeError, or a number or nesting too big to read
+        parsed = {}
+    value = parsed["v"] if list(parsed) == ["v"] else raw  # "1\nw = 2" is text, not 1
+    return section.strip(), key.strip(), value
 
 
 def _read(path: Path) -> dict:
@@ -86,11 +99,16 @@ def _read(path: Path) -> dict:
         raise ConfigError(f"{path}: job file not found; give the path of a TOML file, e.g. jobs/selfcheck.toml") from None
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save the file as UTF-8") from None
-    except tomllib.TOMLDecodeError as e:
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the job file ({e.strerror}); give the path of a readable "
+                          "TOML file") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: invalid TOML: arrays or tables nested too deeply; fix the syntax") from None
+    except ValueError as e:  # TOMLDecodeError, or an integer too long to convert
         raise ConfigError(f"{path}: invalid TOML: {e}; fix the syntax") from None
     for section, table in data.items():
         if not isinstance(table, dict):
-            raise ConfigError(f"{path}: top-level key '{section}' must be a [section]; "
+            raise ConfigError(f"{path}: top-level key '{_shown(section)}' must be a [section]; "
                               f"{_closest(section, section_classes())}")
     return data
 
@@ -100,7 +118,7 @@ def _entries(data: dict, path, overrides, sections: dict):
     --set overrides (the command line has the last word)."""
     for section, table in data.items():
         for key, value in table.items():
-            yield section, key, value, f"{path}: [{section}] {key}"
+            yield section, key, value, f"{path}: [{_shown(section)}] {_shown(key)}"
     for section, table in sections.items():
         if not isinstance(table, dict):
             raise ConfigError(f"keyword argument {section}={table!r}: give a dict of keys, "
@@ -109,7 +127,7 @@ def _entries(data: dict, path, overrides, sections: dict):
             yield section, key, value, f"keyword argument {section}.{key}"
     for text in overrides:
         section, key, value = parse_override(text)
-        yield section, key, value, f"--set {text}"
+        yield section, key, value, f"--set {_shown(text)}"
 
 
 def load_job(path: str | Path | None, overrides=(), *, task=None, sections: dict | None = None) -> JobConfig:
@@ -138,7 +156,7 @@ def load_job(path: str | Path | None, overrides=(), *, task=None, sections: dict
     classes = section_classes(getattr(task_obj, "sections", None))
     for section in data:
         if section not in classes:
-            raise ConfigError(f"{path}: unknown section [{section}]; {_closest(section, classes)}")
+            raise ConfigError(f"{path}: unknown section [{_shown(section)}]; {_closest(section, classes)}")
     for section, key, value, where in entries:
         _apply(cfg, section, key, value, where)
     cfg.task = task_obj
@@ -152,6 +170,9 @@ def _check_cross(cfg: JobConfig) -> None:
     if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
         raise ConfigError(f"{where}: [train] betas = {betas!r}: give two numbers in [0, 1), e.g. [0.9, 0.999]")
     p = cfg.pipeline
+    if not all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in p.cuts):
+        raise ConfigError(f"{where}: [pipeline] cuts = {p.cuts!r}: give positive integer layer indices, "
+                          "the first layer of stages 1..pp-1, e.g. [3]")
     if p.partition == "cuts" and len(p.cuts) != cfg.grid.pp - 1:
         raise ConfigError(f"{where}: [pipeline] cuts has {len(p.cuts)} entries but pp = {cfg.grid.pp} "
                           f"needs {cfg.grid.pp - 1}; list the first layer index of stages 1..pp-1")

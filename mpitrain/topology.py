@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .comm.waits import WatchedComm
 from .device import bind
 from .errors import ConfigError
 from .grid import Coords, Grid, coords_of, dp_group, pp_group, tp_group
@@ -65,13 +66,16 @@ def build_topology(grid: Grid, comm=None, device: str = "auto", threads: int = 0
     from mpi4py import MPI
 
     comm = comm if comm is not None else MPI.COMM_WORLD
+    if not isinstance(comm, WatchedComm):
+        comm = WatchedComm(comm, "world")  # every blocking call recorded for the stall watchdog
     rank, size = comm.Get_rank(), comm.Get_size()
     check_world(grid, size)
     c = coords_of(rank, grid)
-    dp_comm = comm.Split(color=c.pp * grid.tp + c.tp, key=c.dp)
-    pp_comm = comm.Split(color=c.dp * grid.tp + c.tp, key=c.pp)
-    tp_comm = comm.Split(color=c.pp * grid.dp + c.dp, key=c.tp)
-    node_comm = comm.Split_type(MPI.COMM_TYPE_SHARED, key=rank)
+    raw = comm.raw
+    dp_comm = WatchedComm(raw.Split(color=c.pp * grid.tp + c.tp, key=c.dp), "data-parallel")
+    pp_comm = WatchedComm(raw.Split(color=c.dp * grid.tp + c.tp, key=c.pp), "pipeline")
+    tp_comm = WatchedComm(raw.Split(color=c.pp * grid.dp + c.dp, key=c.tp), "tensor")
+    node_comm = WatchedComm(raw.Split_type(MPI.COMM_TYPE_SHARED, key=rank), "node")
     topo = Topology(grid=grid, world=comm, rank=rank, size=size, coords=c,
                     dp_comm=dp_comm, pp_comm=pp_comm, tp_comm=tp_comm, node_comm=node_comm,
                     dp_ranks=dp_group(rank, grid), pp_ranks=pp_group(rank, grid),

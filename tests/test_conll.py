@@ -61,6 +61,23 @@ def test_crlf_and_bom(tmp_path):
     assert s[0].tags == ("O", "B-PER")
 
 
+def test_byte_order_marks_and_zero_width_characters_anywhere(tmp_path):
+    """Invisible characters are not there: removed inside tokens and tags, a line of
+    nothing else is a blank line, and a token of nothing else is no word (skipped)."""
+    text = ("\ufeffAn\u200bna\tB-PER\n"        # 1: a leading BOM, a zero-width space inside the token
+            "\u200b\u2060\n"                     # 2: blank: ends the sentence
+            "\ufeff-DOCSTART- O\n"                # 3: a BOM mid-file (files joined) on a document marker
+            "Paris\t\u200dB-LOC\u200c\n"        # 4: inside the tag
+            "\u200c\tO\n"                         # 5: a token of nothing visible: skipped
+            "is \u2060 NN O\n"                    # 6: an invisible middle column
+            "\u200d \ufeff\r\n"                   # 7: blank
+            "fine O\n")
+    s = read_conll(write(tmp_path, text))
+    assert [x.tokens for x in s] == [("Anna",), ("Paris", "is"), ("fine",)]
+    assert [x.tags for x in s] == [("B-PER",), ("B-LOC", "O"), ("O",)]
+    assert [x.line for x in s] == [1, 4, 8] and s[1].source_line(1) == 6
+
+
 def test_tabs_and_spaces_mixed(tmp_path):
     s = read_conll(write(tmp_path, "A\tO\nB  \t B-LOC\nC   I-LOC  \n"))
     assert s[0].tokens == ("A", "B", "C") and s[0].tags == ("O", "B-LOC", "I-LOC")

@@ -55,6 +55,11 @@ def test_read_text_files(tmp_path):
         read_text_files(tmp_path / "empty")
 
 
+def test_byte_order_marks_and_zero_width_characters_are_removed_anywhere(tmp_path):
+    (tmp_path / "joined.txt").write_bytes("\ufeffone\u200b two\r\n\u2060\u200c\n\ufeffthree\u200d".encode())
+    assert read_text_files(tmp_path) == ["one two\n\nthree"]
+
+
 def test_bad_utf8_names_file_and_offset(tmp_path):
     bad = tmp_path / "latin1.txt"
     bad.write_bytes("ok line\ncaf".encode() + b"\xe9 au lait\n")

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -119,15 +120,16 @@ def test_sigterm_checkpoints_and_stops_without_requeue(tmp_path, prep):
 
 def test_a_finished_run_is_not_run_again_when_requeued(tmp_path):
     from mpitrain.jobfile import load_job
-    from mpitrain.train.run_dir import claim_run_dir, mark_finished
+    from mpitrain.train.run_dir import choose_run_dir, create_run_dir, mark_finished
 
     cfg = load_job(JOB, [f'job.run_dir="{tmp_path}/run"'])
-    path, status = claim_run_dir(cfg, resume=True)
-    assert status == "new"
-    assert claim_run_dir(cfg, resume=True) == (path, "resume")
+    path, status = choose_run_dir(cfg, resume=True)
+    assert status == "new" and not Path(path).exists()  # chosen, not created before the start succeeds
+    create_run_dir(path, cfg)
+    assert choose_run_dir(cfg, resume=True) == (path, "resume")
     mark_finished(path, cfg)
-    assert claim_run_dir(cfg, resume=True, requeued=True) == (path, "finished")
-    assert claim_run_dir(cfg, resume=True) == (f"{path}-2", "new")  # run by hand again: a new run
+    assert choose_run_dir(cfg, resume=True, requeued=True) == (path, "finished")
+    assert choose_run_dir(cfg, resume=True) == (f"{path}-2", "new")  # run by hand again: a new run
 
 
 @needs_slurm

@@ -53,7 +53,8 @@ def write_json_durably(path: Path, obj) -> None:
 
 
 def read_manifest(directory: str | Path) -> dict:
-    """The manifest of a committed checkpoint; a one-line CheckpointError otherwise."""
+    """The manifest of a committed checkpoint, checked to have the form the loaders
+    read (`check_manifest`); a one-line CheckpointError otherwise."""
     directory = Path(directory)
     path = directory / MANIFEST
     if not directory.is_dir():
@@ -64,16 +65,103 @@ def read_manifest(directory: str | Path) -> dict:
     except FileNotFoundError:
         raise CheckpointError(f"{path}: missing; the checkpoint was never committed (a save was cut "
                               "short), use an earlier one") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: unreadable ({e}); use an earlier checkpoint") from None
-    version = manifest.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    except (OSError, ValueError, RecursionError) as e:  # ValueError: not UTF-8, bad JSON, a huge number
+        raise CheckpointError(f"{path}: unreadable ({type(e).__name__}: {e}); use an earlier "
+                              "checkpoint") from None
+    version = manifest.get("format_version") if isinstance(manifest, dict) else None
+    if _is_int(version) and version > FORMAT_VERSION:
         raise CheckpointError(f"{path}: format version {version!r} is newer than this mpitrain reads "
                               f"({FORMAT_VERSION}); upgrade mpitrain to load it")
-    for key in ("files", "tensors", "state", "task", "layout"):
-        if key not in manifest:
-            raise CheckpointError(f"{path}: no '{key}' entry; the manifest is corrupt, use an earlier checkpoint")
+    problem = check_manifest(manifest)
+    if problem:
+        raise CheckpointError(f"{path}: {problem}; the manifest is corrupt, use an earlier checkpoint")
+    missing = next((f for f in manifest["files"] if not (directory / f).is_file()), None)
+    if missing is not None:
+        raise CheckpointError(f"{directory / missing}: missing; the checkpoint is incomplete (copied in part?), "
+                              "use an earlier one")
     return manifest
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _at_least(x, least: int) -> bool:
+    return _is_int(x) and x >= least
+
+
+def _numbers(x) -> bool:
+    return isinstance(x, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in x)
+
+
+def _is_shape(x) -> bool:
+    return isinstance(x, list) and all(_at_least(n, 0) for n in x)
+
+
+def _dataset_problem(entry, files: list) -> str | None:
+    """What is wrong with a stored dataset's entry {file, shape, crc32}, if anything."""
+    if not isinstance(entry, dict):
+        return "is not an object"
+    if entry.get("file") not in files:
+        return f"names file {entry.get('file')!r}, which is not among the checkpoint's files"
+    if not _is_shape(entry.get("shape")) or not _is_int(entry.get("crc32")):
+        return "has no shape (a list of sizes) or crc32 (an integer)"
+    return None
+
+
+def _tensor_problem(key: str, entry, files: list) -> str | None:
+    """What is wrong with a tensor's entry (whole, or split in pieces), if anything."""
+    if key.startswith("optim/") and "/" not in key[len("optim/"):]:
+        return "is not named optim/<parameter>/<state>"
+    if not isinstance(entry, dict) or not _is_shape(entry.get("shape")) or not isinstance(entry.get("dtype"), str):
+        return "has no shape (a list of sizes) or dtype"
+    if "pieces" not in entry:
+        return _dataset_problem(entry, files)
+    split, pieces = entry.get("split"), entry["pieces"]
+    if not (isinstance(split, dict) and _at_least(split.get("dim"), 0) and _at_least(split.get("size"), 0)
+            and _at_least(split.get("parts"), 1) and _at_least(split.get("chunks", 1), 1)
+            and isinstance(split.get("padded", False), bool)):
+        return "has pieces but no split {dim, size, parts[, chunks, padded]}"
+    if not isinstance(pieces, list) or len(pieces) != split["parts"]:
+        return f"has no list of {split['parts']} pieces"
+    return next(filter(None, (_dataset_problem(piece, files) for piece in pieces)), None)
+
+
+def check_manifest(manifest) -> str | None:
+    """What makes `manifest` (parsed JSON) not a checkpoint manifest that the loaders
+    can read, or None."""
+    if not isinstance(manifest, dict):
+        return f"a JSON {type(manifest).__name__}, not an object"
+    version = manifest.get("format_version")
+    if not _at_least(version, 1) or version > FORMAT_VERSION:
+        return f"format version {version!r} is not one of 1..{FORMAT_VERSION}"
+    kinds = {"task": str, "files": list, "tensors": dict, "state": dict, "layout": dict, "param_groups": list}
+    for key, kind in kinds.items():
+        if not isinstance(manifest.get(key), kind):
+            return f"no '{key}' entry (a JSON {'string' if kind is str else kind.__name__})"
+    files, state, scheduler = manifest["files"], manifest["state"], manifest["state"].get("scheduler")
+    if not all(isinstance(f, str) and f == Path(f).name and f not in ("", ".", "..") for f in files):
+        return "'files' is not a list of file names"
+    for key, entry in manifest["tensors"].items():
+        problem = _tensor_problem(key, entry, files)
+        if problem:
+            return f"tensor {key!r} {problem}"
+    if not all(_at_least(manifest["layout"].get(k), 1) for k in ("dp", "pp", "tp", "world")):
+        return "'layout' is not {dp, pp, tp, world} (positive integers)"
+    groups = manifest["param_groups"]
+    listed = all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in groups)
+    if not listed or not all(isinstance(name, str) for g in groups for name in g["params"]):
+        return "'param_groups' is not a list of groups, each with its 'params' (names)"
+    if not all(_at_least(state.get(k), 0) for k in ("step", "epoch", "step_in_epoch")):
+        return "'state' has no step, epoch and step_in_epoch (integers)"
+    if not (isinstance(scheduler, dict) and all(_numbers(scheduler.get(k, [])) for k in ("base_lrs", "_last_lr"))
+            and _is_int(scheduler.get("last_epoch", 0))):
+        return "'state' has no scheduler (an object with base_lrs, _last_lr and last_epoch)"
+    if not all(isinstance(state.get(k, {}), dict) for k in ("metrics", "task_state")):
+        return "'state' metrics or task_state is not an object"
+    if not _numbers(list(state.get("metrics", {}).values())):
+        return "'state' metrics are not all numbers"
+    return None
 
 
 def committed(root: str | Path) -> list[Path]:

@@ -22,6 +22,7 @@ import threading
 import time
 from pathlib import Path
 
+from ..comm import faults
 from ..failure import exit_everywhere
 from . import rng
 from .files import CheckpointError, fsync_path, to_array, write_rank_file
@@ -142,6 +143,7 @@ class CheckpointSaver:
     def _write(self) -> None:
         p = self.pending
         part = p["part"]
+        faults.point("checkpoint write")
         try:
             path = p["tmp"] / f"rank-{part['rank']:05d}.h5"
             entries = write_rank_file(path, part["tensors"], part["rng"], part["attrs"])

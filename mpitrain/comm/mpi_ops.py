@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from mpi4py import MPI
 
+from . import waits
+
 _NUMPY = {torch.float32: np.float32, torch.float64: np.float64,
           torch.int32: np.int32, torch.int64: np.int64}
 _HALF_OPS: dict[torch.dtype, MPI.Op] = {}
@@ -67,6 +69,7 @@ class MpiAllreduce:
 
     def __init__(self, comm, tensor: torch.Tensor, average: bool = False):
         self.tensor, self.average, self.n = tensor, average, comm.Get_size()
+        self.group = getattr(comm, "group", "")
         self.buf, op = buffer_and_op(tensor)
         self.request = comm.Iallreduce(MPI.IN_PLACE, self.buf, op=op)
         self.done = False
@@ -83,7 +86,7 @@ class MpiAllreduce:
 
     def wait(self) -> torch.Tensor:
         if not self.done:
-            self.request.Wait()
+            waits.wait(self.request, "Iallreduce", self.group)
             self._finish()
         return self.tensor
 

@@ -16,7 +16,6 @@ back with `release` returns to the pool only once no pending send reads it.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 
 from ..errors import UsageError
+from . import waits
 
 MAGIC = 0x6D70_7470  # "mptp"
 HEADER_WORDS = 256
@@ -187,7 +187,7 @@ class P2P:
             posted.append(self._post_send(s))
         results, payloads, requests = [], [], []
         for r, hdr, req in headers_in:
-            self._wait([req])
+            self._wait([req], op=f"pipeline receive ({KIND_NAMES[r.kind]}, micro-batch {r.mb})", peer=r.peer)
             specs = self._decode(hdr, r)
             self._headers.append(hdr)
             tensors = []
@@ -200,11 +200,12 @@ class P2P:
                     requests.append(comm.Irecv([buf, MPI.BYTE], source=r.peer, tag=_tags(r.kind)[1]))
             results.append(tensors)
         statuses = [MPI.Status() for _ in requests]
+        peer = recvs[0].peer if len(recvs) == 1 else None
         if self.wait_sends:
             self._wait(requests + [q for entry in posted for q in entry[0]],
-                       statuses + [MPI.Status() for entry in posted for _ in entry[0]])
+                       statuses + [MPI.Status() for entry in posted for _ in entry[0]], op="pipeline exchange", peer=peer)
         else:
-            self._wait(requests, statuses)
+            self._wait(requests, statuses, op="pipeline receive", peer=peer)
         for (r, i, nbytes), st in zip(payloads, statuses):
             got = st.Get_count(MPI.BYTE)
             if got != nbytes:
@@ -271,20 +272,18 @@ class P2P:
         """Wait until every send has completed."""
         requests = [q for requests, _, _ in self._in_flight for q in requests]
         if requests:
-            self._wait(requests)
+            self._wait(requests, op="pipeline send")
         self._reap()
 
-    def _wait(self, requests, statuses=None) -> None:
-        """Complete `requests`. With `yield_cpu` (default), poll and yield the core
-        between polls: a rank waiting for its neighbour then leaves the core to
-        other work (another rank, a data loader, another job), at the cost of a
-        system call per poll; otherwise MPI's own (spinning) wait."""
-        if not self.yield_cpu:
-            self.MPI.Request.Waitall(requests, statuses)
-            return
-        testall = self.MPI.Request.Testall
-        while not (testall(requests, statuses) if statuses is not None else testall(requests)):
-            os.sched_yield()
+    def _wait(self, requests, statuses=None, op: str = "pipeline receive", peer=None) -> None:
+        """Complete `requests` (through `comm.waits`, which records the wait for the
+        stall watchdog). With `yield_cpu` (default), poll and yield the core between
+        polls: a rank waiting for its neighbour then leaves the core to other work
+        (another rank, a data loader, another job), at the cost of a system call per
+        poll; otherwise MPI's own (spinning) wait."""
+        comm = self.comm
+        peer = comm.world_rank(peer) if peer is not None and hasattr(comm, "world_rank") else None
+        waits.wait_all(requests, op, getattr(comm, "group", ""), peer, statuses, self.yield_cpu)
 
     def send(self, peer: int, kind: str, mb: int, tensors: Sequence[torch.Tensor]) -> None:
         self.exchange(sends=[Send(peer, kind, mb, tensors)])

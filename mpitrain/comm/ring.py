@@ -30,6 +30,7 @@ from __future__ import annotations
 import torch
 from mpi4py import MPI
 
+from mpitrain.comm import waits
 from mpitrain.comm.device_buffers import mpi_bytes, synchronize
 from mpitrain.errors import UsageError
 
@@ -112,6 +113,13 @@ class RingAllreduce:
         self.posted = 0    # next item to post a receive for
         self._start_sends()
 
+    # -- waits (through comm.waits, for the stall watchdog) ---------------
+    def _world(self, rank: int):
+        return self.comm.world_rank(rank) if hasattr(self.comm, "world_rank") else None
+
+    def _wait_send(self, request) -> None:
+        waits.wait(request, "ring all-reduce send", getattr(self.comm, "group", ""), self._world(self.right))
+
     # -- schedule helpers -------------------------------------------------
     def _chunks(self, seg: int):
         a0, b0 = self.bounds[seg]
@@ -127,7 +135,7 @@ class RingAllreduce:
         buffer's previous user, chunk (t-2, j), must have been sent first."""
         prev = self.send_reqs.pop((t - 2, j), None)
         if prev is not None:
-            prev.Wait()
+            self._wait_send(prev)
         off = j * self.ce
         dst = self.wsend[t % 2][off:off + (b - a)]
         dst.copy_(values)
@@ -166,7 +174,7 @@ class RingAllreduce:
             gate = self._gate(self.posted)
             if gate is not None:
                 if block and self.posted == self.head:
-                    gate.Wait()
+                    self._wait_send(gate)
                 elif not gate.Test():
                     break
                 del self.send_reqs[(self.items[self.posted][0] + 1 - self.n, self.items[self.posted][1])]
@@ -222,7 +230,8 @@ class RingAllreduce:
             if self.head >= len(self.items):
                 self._finish(block=True)
                 break
-            self.recv_reqs[self.head].Wait()
+            waits.wait(self.recv_reqs[self.head], "ring all-reduce receive", getattr(self.comm, "group", ""),
+                       self._world(self.left))
             self._process(self.head)
             self.head += 1
         return self.tensor
@@ -230,7 +239,7 @@ class RingAllreduce:
     def _finish(self, block: bool) -> bool:
         reqs = list(self.send_reqs.values())
         if block:
-            MPI.Request.Waitall(reqs)
+            waits.wait_all(reqs, "ring all-reduce send", getattr(self.comm, "group", ""), self._world(self.right))
         elif reqs and not MPI.Request.Testall(reqs):
             return False
         self.send_reqs.clear()

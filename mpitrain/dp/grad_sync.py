@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from mpitrain.comm import faults
 from mpitrain.comm.allreduce import AllReducer
 from mpitrain.comm.progress import ProgressThread
 from mpitrain.errors import UsageError
@@ -211,6 +212,7 @@ class GradientAverager:
             b = self.buckets[self._next]
             if self._first_launch is None:
                 self._first_launch = time.perf_counter()
+            faults.point("all-reduce")
             b.handle = self.reducer.iallreduce_(b.buffer, average=self.average)
             self._next += 1
             if self._progress is not None:

@@ -41,6 +41,7 @@ import torch
 
 from ..comm.p2p import P2P, Recv, Send
 from ..errors import UsageError
+from ..comm import faults, waits
 from .clip import clip_grad_norm_
 from .memory import ActivationMeter
 from .schedule import (BACKWARD, FORWARD, RECV_ACT, RECV_GRAD, SEND_ACT, SEND_GRAD, Action,
@@ -209,15 +210,17 @@ class PipelineEngine:
             st.inputs = tuple(t.to(self.stage.device) if torch.is_tensor(t) else t for t in inputs)
         else:
             st.inputs = tuple(t.requires_grad_(True) if t.is_floating_point() else t for t in st.received)
+        faults.point("forward")
         around = self.forward_context(mb) if self.forward_context is not None else nullcontext()
-        with around, self.meter.track() if self.meter is not None else nullcontext():
+        with around, waits.where(f"stage {self.stage.index}, micro-batch {mb}, forward"), \
+                self.meter.track() if self.meter is not None else nullcontext():
             out = self.stage(*st.inputs, mb=mb)
             if not self.stage.is_last:
                 st.outputs = out
                 return None
             targets = targets.to(self.stage.device) if torch.is_tensor(targets) else targets
             try:
-                st.loss = self.loss(out[0] if len(out) == 1 else out, targets)
+                st.loss = faults.poison("loss", self.loss(out[0] if len(out) == 1 else out, targets))
                 n = int(self.loss.count(targets))
             except UsageError as exc:
                 raise type(exc)(f"stage {self.stage.index}, micro-batch {mb}, loss: {exc}") from exc
@@ -227,15 +230,18 @@ class PipelineEngine:
         return st.loss.detach(), n
 
     def _backward(self, mb: int, st: _MB, normalizer: float) -> None:
+        faults.point("backward")
         try:
             if self.stage.is_last:
-                (st.loss * (self.grad_scale / normalizer)).backward()
+                with waits.where(f"stage {self.stage.index}, micro-batch {mb}, backward"):
+                    (st.loss * (self.grad_scale / normalizer)).backward()
                 st.loss = None
             else:
                 outs = _floats(st.outputs)
                 pairs = [(o, g) for o, g in zip(outs, st.grads) if o.requires_grad]
                 if pairs:
-                    torch.autograd.backward([o for o, _ in pairs], [g for _, g in pairs])
+                    with waits.where(f"stage {self.stage.index}, micro-batch {mb}, backward"):
+                        torch.autograd.backward([o for o, _ in pairs], [g for _, g in pairs])
                 st.outputs = None
         except Exception as exc:
             raise StageError(f"stage {self.stage.index}, micro-batch {mb}, backward: "

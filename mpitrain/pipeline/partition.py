@@ -9,12 +9,15 @@ Methods:
 Balanced methods minimise the heaviest stage (exactly, by dynamic programming over
 contiguous cuts). Every layer lands in exactly one stage and no stage is empty.
 One parameter object reached from layers on different stages is refused (see
-`check_shared`; declare tied weights instead, `tied.py`).
+`check_shared`; declare tied weights instead, `tied.py`), and so is a tied
+group whose names are not parameters of the model (`check_tied`). A builder or
+a layer that raises is one UsageError naming the layer.
 `profile` timings differ between processes, so `plan_partition` computes the
 partition on one rank and broadcasts it.
 """
 from __future__ import annotations
 
+import difflib
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -23,6 +26,7 @@ import torch
 from torch import nn
 
 from ..errors import UsageError
+from ..failure import describe_exception
 from ..layers import LayerSpec, as_tuple, build_layer, call_builder
 
 METHODS = ("uniform", "parameters", "profile")
@@ -85,11 +89,55 @@ def _numel(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())  # parameters() lists each object once
 
 
+def _inspectable(spec: LayerSpec, module: nn.Module | None) -> nn.Module:
+    """`module` (built on the meta device), or the layer built on the CPU when the
+    builder could not build it there; a builder that raises is a UsageError."""
+    if module is not None:
+        return module
+    try:
+        return build_layer(spec, seed=0)
+    except UsageError:
+        raise
+    except Exception as exc:
+        raise UsageError(f"pipeline model: layer {spec.name!r}: its builder raised {describe_exception(exc)}; "
+                         "fix the builder") from exc
+
+
 def count_parameters(spec: LayerSpec, module: nn.Module | None = None) -> int:
     """Parameters of one layer, built on the meta device when the builder allows
     it, else on the CPU and freed."""
-    module = module if module is not None else meta_build(spec)
-    return _numel(module if module is not None else build_layer(spec, seed=0))
+    return _numel(_inspectable(spec, module if module is not None else meta_build(spec)))
+
+
+def _tied_shape(name: str, names: list[str], shapes: list[dict]) -> tuple:
+    """The shape of the parameter a tied-weight name names; a UsageError if it names none."""
+    from .tied import owning_layer
+
+    layer = owning_layer(name, names)
+    if layer is None:
+        raise UsageError(f"tied weights: {name!r} names no layer of the model; use '<layer name>.<parameter "
+                         f"name>' with a layer of: {', '.join(names)}")
+    param = name[len(names[layer]) + 1:]
+    if param not in shapes[layer]:
+        close = difflib.get_close_matches(param, list(shapes[layer]), n=1)
+        hint = (f"did you mean '{names[layer]}.{close[0]}'?" if close else
+                f"its parameters: {', '.join(sorted(shapes[layer])) or 'none'}")
+        raise UsageError(f"tied weights: layer {names[layer]!r} has no parameter {param!r}; {hint}")
+    return shapes[layer][param]
+
+
+def check_tied(tied, names: list[str], shapes: list[dict]) -> None:
+    """Every name of every tied group is a parameter of the model (`shapes[i]`: layer
+    i's parameter names -> shapes), and the members of a group have one shape."""
+    for group in tied:
+        group = tuple(group) if isinstance(group, (list, tuple)) else (group,)
+        if not all(isinstance(n, str) for n in group) or len(group) < 2 or len(set(group)) != len(group):
+            raise UsageError(f"tied weights {group!r}: a group needs two or more distinct parameter names")
+        found = [_tied_shape(name, names, shapes) for name in group]
+        for name, shape in zip(group[1:], found[1:]):
+            if shape != found[0]:
+                raise UsageError(f"tied weights: {name!r} has shape {list(shape)} but {group[0]!r} has "
+                                 f"{list(found[0])}; tied parameters must have one shape")
 
 
 def check_shared(names: list[str], modules: list, bounds: list[tuple[int, int]]) -> None:
@@ -179,10 +227,15 @@ def profile_layers(specs: list[LayerSpec], sample: tuple, seed: int = 0, repeats
         for _ in range(repeats + 1):
             inputs = tuple(t.detach().requires_grad_(t.is_floating_point()) for t in x)
             start = time.perf_counter()
-            out = as_tuple(layer(*inputs))
-            floats = [o for o in out if o.requires_grad]
-            if floats:
-                torch.autograd.backward(floats, [torch.ones_like(o) for o in floats])
+            try:
+                out = as_tuple(layer(*inputs))
+                floats = [o for o in out if o.requires_grad]
+                if floats:
+                    torch.autograd.backward(floats, [torch.ones_like(o) for o in floats])
+            except Exception as exc:
+                raise UsageError(f"pipeline partition 'profile': layer {spec.name!r} failed on the sample "
+                                 f"batch: {describe_exception(exc)}; fix the layer, or use partition = "
+                                 "'parameters'") from exc
             runs.append(time.perf_counter() - start)
         times.append(statistics.median(runs[1:]))  # the first run warms up
         x = tuple(o.detach() for o in out)
@@ -191,8 +244,9 @@ def profile_layers(specs: list[LayerSpec], sample: tuple, seed: int = 0, repeats
 
 
 def partition(specs: list[LayerSpec], num_stages: int, method="uniform", *, sample: tuple | None = None,
-              seed: int = 0, device: torch.device | str = "cpu") -> Partition:
-    """Assign layers to `num_stages` contiguous stages (see the module doc)."""
+              seed: int = 0, device: torch.device | str = "cpu", tied=()) -> Partition:
+    """Assign layers to `num_stages` contiguous stages (see the module doc); `tied`:
+    the model's groups of tied parameter names, checked against its layers."""
     n = len(specs)
     names = [s.name for s in specs]
     if len(set(names)) != n:
@@ -204,7 +258,13 @@ def partition(specs: list[LayerSpec], num_stages: int, method="uniform", *, samp
         raise UsageError(f"pipeline partition: {num_stages} stages but the model has only {n} layers; "
                          f"use pp <= {n} or split the model into more layers")
     modules = [meta_build(s) for s in specs]
-    params = [count_parameters(s, mod) for s, mod in zip(specs, modules)]
+    params, shapes = [], []
+    for spec, module in zip(specs, modules):  # built on the CPU one at a time when not on meta
+        layer = _inspectable(spec, module)
+        params.append(_numel(layer))
+        shapes.append({pname: tuple(p.shape) for pname, p in layer.named_parameters(remove_duplicate=False)})
+        del layer
+    check_tied(tied, names, shapes)
     times = None
     if isinstance(method, (list, tuple)):
         bounds, label = explicit_cuts(method, n, num_stages), f"cuts {list(method)}"

@@ -1,5 +1,6 @@
-"""Stop signals: the warning Slurm sends before the time limit (`--signal`) and
-SIGTERM (preemption without warning, `scancel`).
+"""Stop signals: the warning Slurm sends before the time limit (`--signal`),
+SIGTERM (preemption without warning, `scancel`) and SIGINT (Ctrl-C; a second
+one interrupts at once).
 
 The handler only records the signal. At every step boundary the ranks combine
 what they got with a MAX over the world, so all of them stop at the same step
@@ -19,11 +20,11 @@ import os
 import signal
 from pathlib import Path
 
-NONE, WARNED, TERMINATED = 0, 1, 2
+NONE, WARNED, TERMINATED, INTERRUPTED = 0, 1, 2, 3
 WARNING_SIGNAL = signal.SIGUSR2
 EXIT_REQUEUED = 75     # stopped for the time limit, checkpoint committed, job requeued
 EXIT_STOPPED = 76      # stopped by SIGTERM or the requeue cap, checkpoint committed, not requeued
-NAMES = {WARNED: "the time-limit warning (SIGUSR2)", TERMINATED: "SIGTERM"}
+NAMES = {WARNED: "the time-limit warning (SIGUSR2)", TERMINATED: "SIGTERM", INTERRUPTED: "SIGINT (Ctrl-C)"}
 
 
 class StopSignals:
@@ -34,12 +35,14 @@ class StopSignals:
     def install(self) -> "StopSignals":
         """Idempotent; call it as early as possible (a signal before it kills the process)."""
         if not self._previous:
-            for sig, code in ((WARNING_SIGNAL, WARNED), (signal.SIGTERM, TERMINATED)):
+            for sig, code in ((WARNING_SIGNAL, WARNED), (signal.SIGTERM, TERMINATED), (signal.SIGINT, INTERRUPTED)):
                 self._previous[sig] = signal.signal(sig, lambda s, f, code=code: self._record(code))
         return self
 
     def _record(self, code: int) -> None:
         self.got = max(self.got, code)
+        if code == INTERRUPTED:  # a second Ctrl-C interrupts at once
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def agreed(self, comm) -> int:
         """What any rank got (collective; at a step boundary). The stop file counts as

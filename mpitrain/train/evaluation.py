@@ -34,6 +34,9 @@ def predict(trainer, split, collect) -> list | None:
     tensor group (e.g. vocabulary-parallel logits) must be combined there (a
     vocabulary-parallel loss, `mpitrain.tp.ops.gather_last_dim`). Rank 0 keeps
     shard 0's items; the other shards' are the same."""
+    from ..comm import faults, waits
+
+    faults.point("evaluation")
     topo, model = trainer.topo, trainer.model
     dataset = trainer.datasets[split] if isinstance(split, str) else split
     items = []
@@ -44,8 +47,9 @@ def predict(trainer, split, collect) -> list | None:
         def one(outputs, mb):
             return collect(outputs, batches[mb], parts[mb])
 
-        for got in model.predict([b[0] for b in batches], one):
-            items.extend(got)
+        with waits.where(f"evaluation of {split if isinstance(split, str) else 'a dataset'}"):
+            for got in model.predict([b[0] for b in batches], one):
+                items.extend(got)
     mine = items if topo.is_last_stage and topo.coords.tp == 0 else None
     gathered = topo.world.gather(mine, root=0)
     if topo.rank != 0:

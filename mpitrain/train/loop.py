@@ -8,8 +8,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..comm import waits
 from ..data.sharding import epoch_indices
 from ..log import progress
+from . import nonfinite
 from .parallel import split_microbatches
 
 
@@ -70,16 +72,24 @@ def run_epoch(trainer, epoch: int, start: int = 0, stop: int | None = None) -> E
         local = np.array([sum(b[2] for b in batches),
                           sum(b[3] if len(b) > 3 and b[3] is not None else b[2] for b in batches)], dtype=np.int64)
         normalizer, step_tokens = (topo.dp_comm.allreduce(local) if topo.grid.dp > 1 else local).tolist()
-        result = model.train_step([(b[0], b[1]) for b in batches], max(1, normalizer), samples=parts,
-                                  step=trainer.step)
+        with waits.where(f"step {trainer.step + 1}"):
+            result = model.train_step([(b[0], b[1]) for b in batches], max(1, normalizer), samples=parts,
+                                      step=trainer.step)
         log_now = (trainer.step + 1) % t.log_every == 0
-        grad_norm = None
-        if t.max_grad_norm > 0:
-            grad_norm = model.clip_grad_norm_(t.max_grad_norm)
-        elif log_now:
-            grad_norm = model.clip_grad_norm_(math.inf)  # the norm only; nothing is scaled
+        # the norm every step (for the non-finite check); scaled only when clipping
+        grad_norm = model.clip_grad_norm_(t.max_grad_norm if t.max_grad_norm > 0 else math.inf)
         lr = trainer.scheduler.get_last_lr()[0]
-        trainer.optimizer.step()
+        bad = nonfinite.step_is_bad(topo, result, grad_norm)
+        if bad and t.nonfinite == "stop":
+            nonfinite.stop(trainer, epoch, i)
+        if bad:
+            trainer.skipped_steps += 1
+            result = None
+            if topo.rank == 0:
+                trainer.log.warning(f"step {trainer.step + 1}: non-finite loss or gradient norm; step skipped on "
+                                    f"every rank ({trainer.skipped_steps} so far)")
+        else:
+            trainer.optimizer.step()
         trainer.scheduler.step()
         trainer.optimizer.zero_grad(set_to_none=False)
         trainer.step += 1

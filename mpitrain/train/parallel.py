@@ -7,6 +7,8 @@ import numpy as np
 
 from ..config import CommSection
 from ..dp.grad_sync import GradientAverager
+from ..errors import UsageError
+from ..failure import describe_exception, raise_together
 from ..layers import BuildContext
 from ..pipeline.engine import PipelineEngine
 from ..pipeline.inference import forward_only
@@ -26,14 +28,20 @@ class ParallelModel:
 
         The partition is decided once, on world rank 0, and broadcast to every
         rank: every replica cuts the model at the same places even when the
-        method measures times ('profile')."""
+        method measures times ('profile'). A model that cannot be partitioned or
+        built (a builder that raises, a tied name that names no parameter) raises
+        the same UsageError on every rank, before any collective of the model."""
         self.topo, self.seed, self.dropout, self.tied = topo, seed, dropout, [tuple(g) for g in tied]
         if topo.grid.pp == 1:
             partition = "uniform"  # one stage holds every layer; nothing to balance or measure
-        self.partition = plan_partition(specs, topo.grid.pp, partition, comm=topo.world,
-                                        sample=sample, seed=seed)
         ctx = BuildContext.of(topo)
-        self.stage = Stage(specs, self.partition, topo.coords.pp, seed=seed, device=topo.device, ctx=ctx)
+
+        def plan_and_build():
+            part = plan_partition(specs, topo.grid.pp, partition, comm=topo.world, sample=sample, seed=seed,
+                                  tied=self.tied)
+            return part, build_stage(specs, part, topo.coords.pp, seed, ctx)
+
+        self.partition, self.stage = raise_together(plan_and_build, topo.world)
         if hasattr(loss, "bind"):  # a loss over outputs split by the tensor group (vocab-parallel)
             loss.bind(ctx)
         named = list(self.stage.global_named_parameters())
@@ -128,7 +136,6 @@ class ParallelModel:
         mine = self.stage.global_state_dict()
         missing = sorted(set(mine) - set(state))
         if missing:
-            from ..errors import UsageError
             raise UsageError(f"model state: no value for {missing[:3]}; the state belongs to another model")
         splits = self.splits()
         with torch.no_grad():
@@ -165,6 +172,19 @@ class ParallelModel:
     def close(self) -> None:
         if self.averager is not None:
             self.averager.close()
+
+
+def build_stage(specs, partition, index: int, seed: int, ctx: BuildContext) -> Stage:
+    """This rank's stage; a layer that fails to build is a UsageError naming the stage's layers."""
+    try:
+        return Stage(specs, partition, index, seed=seed, device=ctx.device, ctx=ctx)
+    except UsageError:
+        raise
+    except Exception as exc:
+        start, end = partition.bounds[index]
+        names = ", ".join(partition.names[start:end])
+        raise UsageError(f"pipeline stage {index}: building its layers ({names}) raised "
+                         f"{describe_exception(exc)}; fix the layer's builder (or its parallelize())") from exc
 
 
 def split_microbatches(indices: np.ndarray, m: int) -> list[np.ndarray]:

@@ -61,18 +61,18 @@ def has_results(path: Path) -> bool:
     return (path / "metrics.jsonl").exists() or (path / "model").exists()
 
 
-def claim_run_dir(cfg, resume: bool, requeued: bool = False) -> tuple[str, str]:
-    """(run directory, "new" | "resume" | "finished"); creates it and records the job
-    as running. "finished": a requeued Slurm job whose run already ended (it must
-    not run again). Run on one rank."""
+def choose_run_dir(cfg, resume: bool, requeued: bool = False) -> tuple[str, str]:
+    """(run directory, "new" | "resume" | "finished"), without touching anything:
+    the Trainer creates a new one (`create_run_dir`) only once its start has
+    succeeded, so a failed start leaves no directory behind and changes none.
+    "finished": a requeued Slurm job whose run already ended (it must not run
+    again). Run on one rank."""
     base, job = Path(cfg.run_dir), identity(cfg)
     n = 1
     while True:
         path = base if n == 1 else Path(f"{base}-{n}")
         run = read_run(path)
         if run is None and not has_results(path):
-            path.mkdir(parents=True, exist_ok=True)
-            write_run(path, job, "running")
             return str(path), "new"
         if run is not None and run.get("job") != job and n == 1:
             raise ConfigError(f"{cfg.source}: run directory {path} holds another job's run (first difference: "
@@ -83,6 +83,21 @@ def claim_run_dir(cfg, resume: bool, requeued: bool = False) -> tuple[str, str]:
         if run is not None and run.get("job") == job and run.get("status") != "finished" and resume:
             return str(path), "resume"
         n += 1
+
+
+def create_run_dir(path: str | Path, cfg) -> None:
+    """Create the run directory `choose_run_dir` found free and record the job as
+    running; refused if another run took it in the meantime. Run on one rank."""
+    path = Path(path)
+    if read_run(path) is not None or has_results(path):
+        raise ConfigError(f"{cfg.source}: run directory {path} was taken by another run while this one "
+                          "started; start again (it then picks the next free directory)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        write_run(path, identity(cfg), "running")
+    except OSError as e:
+        raise ConfigError(f"{cfg.source}: cannot create run directory {path} ({e.strerror}); set [job] "
+                          "run_dir to a writable place") from None
 
 
 def count_time_requeue(path: str | Path, cap: int) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -17,6 +18,7 @@ import torch
 from ..checkpoint.load import load_into, resume_latest
 from ..checkpoint.manifest import checkpoint_name
 from ..checkpoint.save import CheckpointSaver
+from ..comm.waits import MONITOR
 from ..data.sharding import steps_per_epoch
 from ..errors import ConfigError
 from ..failure import agree_or_exit, on_root_or_exit
@@ -24,11 +26,14 @@ from ..runtime import Job, start_job
 from ..slurm import env as slurm_env
 from ..slurm.requeue import requeue
 from ..slurm.stop import EXIT_REQUEUED, EXIT_STOPPED, NAMES, STOP, WARNED
+from ..task import Model
+from ..tasks import run_user_code
+from ..watchdog import Watchdog
 from .loop import Sums, run_epoch
 from .metrics import MetricsSink, numbers
 from .optim import make_optimizer, make_schedule
 from .parallel import ParallelModel
-from .run_dir import claim_run_dir, count_time_requeue, mark_finished
+from .run_dir import choose_run_dir, count_time_requeue, create_run_dir, mark_finished
 from .state import load_optimizer_state, optimizer_state
 
 
@@ -65,9 +70,11 @@ class Trainer:
         agree_or_exit(lambda: check_batch(cfg, topo.grid.dp, self.microbatches), topo.world)
         ck = cfg.checkpoint
         self.resuming = False
-        if training:
+        status = None
+        if training:  # chosen now, created only once the start has succeeded: a failed start leaves none
             requeued = slurm_env.continues_a_run()
-            run_dir, status = on_root_or_exit(lambda: claim_run_dir(cfg, ck.resume == "auto", requeued), topo.world)
+            run_dir, status = on_root_or_exit(lambda: choose_run_dir(cfg, ck.resume == "auto", requeued),
+                                              topo.world)
             if status == "finished":
                 if topo.rank == 0:
                     self.log.info(f"{run_dir}: this job already finished; a requeued job does not run again")
@@ -75,15 +82,17 @@ class Trainer:
             self.run_dir, self.resuming = Path(run_dir), status == "resume"
         else:
             self.run_dir = Path(cfg.run_dir)
-        self.prepared = on_root_or_exit(lambda: self.task.prepare(cfg), topo.world)
-        self.datasets, self.spec = agree_or_exit(lambda: self._task_parts(), topo.world)
+        where = f"{cfg.source}: task {cfg.job.task!r}:"
+        self.prepared = on_root_or_exit(lambda: run_user_code(f"{where} prepare(cfg)", self.task.prepare, cfg),
+                                        topo.world)
+        self.datasets, self.spec = agree_or_exit(lambda: self._task_parts(where, training), topo.world)
         self.train_set = self.datasets["train"]
         if self.topo.rank == 0:
             self.log.info(f"{cfg.job.name}: task {cfg.job.task}, {topo.size} ranks = dp {topo.grid.dp} x "
                           f"pp {pp}" + (f" x tp {topo.grid.tp}" if topo.grid.tp > 1 else "") +
                           f", {self.microbatches} micro-batch(es) per replica, schedule "
                           f"{cfg.pipeline.schedule}; run dir {self.run_dir}")
-        self.model = self._build_model()
+        self.model = agree_or_exit(lambda: self._build_model(where), topo.world)
         t = cfg.train
         self.steps_per_epoch = steps_per_epoch(len(self.train_set), t.global_batch, t.tail)
         total = self.steps_per_epoch * t.epochs
@@ -99,12 +108,19 @@ class Trainer:
         torch.manual_seed(cfg.job.seed * 100003 + topo.rank // topo.grid.tp)
         self.checkpoint_root = Path(ck.dir) if ck.dir else self.run_dir / "checkpoints"
         self.saver = None
+        self.skipped_steps = 0
+        self._step_ended = None
+        MONITOR.check_collectives = cfg.runtime.check_collectives
+        self.watchdog = Watchdog(topo.world, topo.describe(), self.run_dir / "logs",
+                                 cfg.runtime.stall_timeout) if training else None
         self.stop = STOP.install() if training else None
         if training:
             self._resume()
             if ck.every_steps or ck.every_epoch:
                 self.saver = CheckpointSaver(self, self.checkpoint_root, keep=ck.keep, background=ck.background,
                                              best_metric=ck.best_metric, best_mode=ck.best_mode)
+            if status == "new":
+                on_root_or_exit(lambda: create_run_dir(self.run_dir, cfg), topo.world)
 
     def _resume(self) -> None:
         """Continue from a checkpoint when asked (after everything is built and seeded,
@@ -164,6 +180,10 @@ class Trainer:
 
     def after_step(self) -> None:
         """Called by the epoch loop after every optimizer step (collective)."""
+        now = time.perf_counter()
+        if self.watchdog is not None and self._step_ended is not None:
+            self.watchdog.observe_step(now - self._step_ended)
+        self._step_ended = now
         if self.stop is not None:
             got = self.stop.agreed(self.topo.world)
             if got:
@@ -176,20 +196,32 @@ class Trainer:
         else:
             self.saver.poll()
 
-    def _task_parts(self):
-        datasets = self.task.datasets(self.cfg, self.prepared)
-        if "train" not in datasets:
-            raise ConfigError(f"task {self.cfg.job.task!r}: datasets() has no 'train' split; return "
+    def _task_parts(self, where: str, training: bool):
+        """The task's datasets and model, checked (every rank; `where` names the task)."""
+        cfg, t = self.cfg, self.cfg.train
+        datasets = run_user_code(f"{where} datasets(cfg, prepared)", self.task.datasets, cfg, self.prepared)
+        if not isinstance(datasets, dict) or "train" not in datasets:
+            raise ConfigError(f"{where} datasets() returned no 'train' split; return "
                               "{'train': ..., 'dev': ...}")
-        return datasets, self.task.model(self.cfg, self.prepared)
+        size = run_user_code(f"{where} len() of the train split", len, datasets["train"])
+        if training and steps_per_epoch(size, t.global_batch, t.tail) == 0:
+            raise ConfigError(f"{where} the train split has {size} samples, fewer than [train] global_batch = "
+                              f"{t.global_batch}, so an epoch has no step; lower global_batch, set [train] "
+                              "tail = \"pad\", or give more training data")
+        spec = run_user_code(f"{where} model(cfg, prepared)", self.task.model, cfg, self.prepared)
+        if not isinstance(spec, Model):
+            raise ConfigError(f"{where} model() returned {type(spec).__name__}, not mpitrain.Model; return "
+                              "mpitrain.Model(layers, loss)")
+        return datasets, spec
 
-    def _build_model(self) -> ParallelModel:
+    def _build_model(self, where: str) -> ParallelModel:
         cfg, topo, spec = self.cfg, self.topo, self.spec
         method = list(cfg.pipeline.cuts) if cfg.pipeline.partition == "cuts" else cfg.pipeline.partition
         sample = spec.sample
         if sample is None and method == "profile":
             per_replica = max(1, cfg.train.global_batch // topo.grid.dp)
-            sample = self.train_set.batch(list(range(min(len(self.train_set), per_replica))))[0]
+            indices = list(range(min(len(self.train_set), per_replica)))
+            sample = run_user_code(f"{where} the train split's batch()", self.train_set.batch, indices)[0]
         model = ParallelModel(topo, spec.layers, spec.loss, seed=cfg.job.seed, schedule=cfg.pipeline.schedule,
                               partition=method, comm_cfg=cfg.comm, sample=sample, tied=spec.tied,
                               dropout=cfg.train.dropout)
@@ -204,6 +236,8 @@ class Trainer:
         """Train every epoch (from the current state), evaluate the dev split after
         each, then the test split, then export. The final metrics on rank 0."""
         cfg, log, rank0 = self.cfg, self.log, self.topo.rank == 0
+        if self.watchdog is not None:
+            self.watchdog.start()
         while self.epoch < cfg.train.epochs and not self.done:
             result = run_epoch(self, self.epoch, start=self.step_in_epoch)
             if self.step_in_epoch < self.steps_per_epoch:
@@ -215,6 +249,7 @@ class Trainer:
                          f"{result.seconds:.1f} s, {rate:,.0f} tokens/s")
                 self._show("dev", dev, f" (epoch {result.epoch})")
                 self.metrics.write("epoch", epoch=result.epoch, train_loss=result.loss, steps=self.step_in_epoch,
+                                   skipped_steps=self.skipped_steps,
                                    seconds=result.seconds, tokens_per_s=rate, dev=numbers(dev))
                 if dev is not None:
                     self.metrics.write_json("eval_dev.json", {"epoch": result.epoch, **dev})
@@ -239,6 +274,8 @@ class Trainer:
                 log.info(f"model exported to {exported}")
         if rank0:
             mark_finished(self.run_dir, cfg)
+        if self.watchdog is not None:
+            self.watchdog.stop()
         return final if rank0 else None
 
     @property

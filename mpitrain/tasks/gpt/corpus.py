@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from mpitrain.errors import DataError, UsageError
+from mpitrain.tasks import drop_invisible
 
 BUILTIN = ("pydoc",)
 
@@ -44,7 +45,7 @@ def _read_utf8(path: Path) -> str:
         raise DataError(f"{path}:{line}: byte 0x{raw[e.start:e.start + 1].hex()} at byte offset {e.start} "
                         "is not valid UTF-8; save the file as UTF-8 "
                         "(e.g. `iconv -f latin1 -t utf-8`)") from None
-    return text.removeprefix("\ufeff").replace("\r\n", "\n")
+    return drop_invisible(text).replace("\r\n", "\n")
 
 
 def text_files(paths: str | Path | Iterable[str | Path]) -> list[Path]:
@@ -69,9 +70,10 @@ def text_files(paths: str | Path | Iterable[str | Path]) -> list[Path]:
 
 
 def read_text_files(paths: str | Path | Iterable[str | Path]) -> list[str]:
-    """Each file one document, strict UTF-8 (a leading byte-order mark is dropped,
-    CRLF becomes LF). ``paths``: a directory (all ``*.txt`` in it, sorted), a file,
-    or a list of either."""
+    """Each file one document, strict UTF-8; CRLF becomes LF, and byte-order marks
+    and zero-width characters (`mpitrain.tasks.INVISIBLE`) are removed wherever
+    they are, so a line of nothing else is a blank line. ``paths``: a directory
+    (all ``*.txt`` in it, sorted), a file, or a list of either."""
     return [_read_utf8(p) for p in text_files(paths)]
 
 

@@ -10,7 +10,12 @@ Format (CoNLL-2003, WikiANN and similar):
 * lines whose first column is ``-DOCSTART-`` are document markers: skipped, and
   they end the current sentence;
 * tags are ``O`` or ``<P>-<TYPE>`` with P one of B, I, E, S, L, U (IOB1/IOB2/IOBES);
-* UTF-8 (a leading byte-order mark is ignored), LF or CRLF line ends.
+* UTF-8, LF or CRLF line ends;
+* invisible characters are ignored wherever they are (byte-order marks, also in
+  the middle of a file made by joining files, and zero-width spaces and
+  joiners: ``mpitrain.tasks.INVISIBLE``): they are removed from every column, a
+  line of nothing else is a blank line, and a line whose token is nothing else
+  is skipped (there is no word to label).
 
 Language prefixes: WikiANN writes every token as ``en:Token``. A file is taken to
 carry such prefixes when its *first* token starts with two or three lowercase
@@ -31,6 +36,7 @@ from pathlib import Path
 from typing import Iterator
 
 from mpitrain.errors import DataError
+from mpitrain.tasks import drop_invisible
 
 DOCSTART = "-DOCSTART-"
 _LANG_PREFIX = re.compile(r"^[a-z]{2,3}:(?=.)")
@@ -40,15 +46,23 @@ _SEP = re.compile(r"[ \t\f\v\r\n]+")   # ASCII whitespace only: a no-break space
 
 @dataclass(frozen=True)
 class Sentence:
-    """One sentence. Token ``i`` was read from source line ``line + i``
-    (a sentence's lines are contiguous)."""
+    """One sentence, from source line ``line`` on. Its lines are contiguous but for
+    `skipped` ones (a token of invisible characters only): see `source_line`."""
 
     tokens: tuple[str, ...]
     tags: tuple[str, ...]
     line: int
+    skipped: tuple[int, ...] = ()
 
     def __len__(self) -> int:
         return len(self.tokens)
+
+    def source_line(self, i: int) -> int:
+        """The line token ``i`` was read from."""
+        line = self.line + i
+        for gap in self.skipped:
+            line += gap <= line
+        return line
 
 
 def data_error(path, line: int, what: str, fix: str) -> DataError:
@@ -94,6 +108,7 @@ def iter_conll(path, *, strip_prefix: bool = True) -> Iterator[Sentence]:
     prefix: str | None = None if strip_prefix else ""
     tokens: list[str] = []
     tags: list[str] = []
+    skipped: list[int] = []
     start = 0
     count = 0
     lineno = 0
@@ -102,16 +117,26 @@ def iter_conll(path, *, strip_prefix: bool = True) -> Iterator[Sentence]:
     try:
         for lineno, text in enumerate(lines, 1):
             cols = _columns(text)
+            invisible = token_gone = False  # the token column held invisible characters / nothing else
+            if not text.isascii():  # invisible characters are never ASCII
+                visible = [drop_invisible(c) for c in cols]
+                invisible = bool(cols) and visible[0] != cols[0]
+                token_gone = invisible and not visible[0]
+                cols = [c for c in visible if c]
             if not cols or cols[0] == DOCSTART:
                 if tokens:
-                    yield Sentence(tuple(tokens), tuple(tags), start)
+                    yield Sentence(tuple(tokens), tuple(tags), start, tuple(skipped))
                     count += 1
-                    tokens, tags = [], []
+                    tokens, tags, skipped = [], [], []
                 continue
             if text[0] in " \t\f\v":
                 shown = text.rstrip("\r\n")
                 raise data_error(path, lineno, f"empty token (line starts with whitespace: {shown!r})",
                                  "put the token in the first column, or make the line empty to end the sentence")
+            if token_gone:  # no word to label
+                if tokens:
+                    skipped.append(lineno)
+                continue
             if len(cols) == 1:
                 raise data_error(path, lineno, f"one column ({cols[0]!r}), expected 'TOKEN ... TAG'",
                                  "add the tag after the token, or leave the line empty between sentences")
@@ -121,6 +146,10 @@ def iter_conll(path, *, strip_prefix: bool = True) -> Iterator[Sentence]:
                 prefix = m.group(0) if m else ""
             if prefix and token.startswith(prefix):
                 token = token[len(prefix):]
+                if not token and invisible:  # the prefix, then invisible characters only
+                    if tokens:
+                        skipped.append(lineno)
+                    continue
                 if not token:
                     raise data_error(path, lineno, f"empty token after the language prefix {prefix!r}",
                                      f"write the token after {prefix!r}")
@@ -134,7 +163,7 @@ def iter_conll(path, *, strip_prefix: bool = True) -> Iterator[Sentence]:
             tokens.append(token)
             tags.append(tag)
         if tokens:
-            yield Sentence(tuple(tokens), tuple(tags), start)
+            yield Sentence(tuple(tokens), tuple(tags), start, tuple(skipped))
             count += 1
     except UnicodeDecodeError:
         raise _bad_utf8(path) from None
