@@ -11,7 +11,9 @@ lasts longer than the deadline, the rank
    names the ranks that reported *no* wait -- stopped, or busy outside MPI: the
    likely culprits -- or, when every rank waits, says so (a deadlock, or
    mismatched collectives: `runtime.check_collectives`);
-4. ends the job with EXIT_STALLED (77), which a Slurm wrapper may requeue.
+4. ends the job with EXIT_STALLED (77), which a Slurm wrapper may requeue (the
+   batch scripts of `mpitrain submit` exit 77 too: the watchdog touches
+   MPITRAIN_STALL_FILE, since srun reports the stopped rank's SIGKILL).
 
 The deadline is `runtime.stall_timeout` seconds, or (0) calibrated: STARTUP
 seconds for the first steps, then max(FLOOR, MULTIPLE x the slowest of them).
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import faulthandler
 import json
+import os
 import sys
 import threading
 import time
@@ -80,6 +83,12 @@ class Watchdog:
                 f"{record.describe()}")
         sys.stderr.write(line + "\n")
         sys.stderr.flush()
+        marker = os.environ.get("MPITRAIN_STALL_FILE")
+        if marker:  # a batch script's way to tell a stall (77) from the stopped rank's SIGKILL
+            try:
+                Path(marker).touch()
+            except OSError:
+                pass
         self._write_notes(line, record)
         time.sleep(GRACE)
         abort(EXIT_STALLED, self._summary() or "")

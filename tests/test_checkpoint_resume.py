@@ -13,10 +13,12 @@ BITWISE = [
     ("jobs/test_tiny_ner.toml", 2, ["grid.dp=2", 'train.optimizer="adamw"', "train.lr=3e-3", "model.dropout=0.1",
                                     "model.attention_dropout=0.1"]),
     ("jobs/test_tiny_gpt.toml", 2, ["grid.pp=2", 'train.optimizer="adamw"', "train.lr=3e-3", "model.dropout=0.1"]),
+    ("jobs/test_tiny_gpt.toml", 2, ["model.n_head=4", "grid.tp=2", 'train.optimizer="adamw"', "train.lr=3e-3",
+                                    "model.dropout=0.1"]),
 ]
 
 
-@pytest.mark.parametrize("job,n,sets", BITWISE, ids=["ner-dp2", "gpt-pp2"])
+@pytest.mark.parametrize("job,n,sets", BITWISE, ids=["ner-dp2", "gpt-pp2", "gpt-tp2"])
 def test_resume_mid_epoch_is_bitwise(tmp_path, job, n, sets):
     sets = sets + ["train.epochs=2", "checkpoint.every_steps=3", "train.log_every=2"]
     straight, resumed, prep = tmp_path / "straight", tmp_path / "resumed", tmp_path / "prep"

@@ -5,8 +5,10 @@ signal), the requeue cap, a job array, the batch script's exact text, and bad
 submits. Tests that need Slurm skip, saying why, where there is none."""
 import json
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -224,3 +226,26 @@ def test_world_must_match_slurm_ntasks():
         check_world(1, {"SLURM_JOB_ID": "7", "SLURM_NTASKS": "4"})
     assert requeue_id({"SLURM_JOB_ID": "9", "SLURM_ARRAY_JOB_ID": "8", "SLURM_ARRAY_TASK_ID": "1"}) == "8_1"
     assert requeue_id({"SLURM_JOB_ID": "9"}) == "9"
+
+
+@needs_slurm
+@pytest.mark.parametrize("sig,code", [("KILL", None), ("STOP", "77")])
+def test_a_rank_that_dies_or_stops_under_srun_ends_the_job(tmp_path, prep, sig, code):
+    """srun --kill-on-bad-exit=1: a SIGKILLed rank takes the step down at once; a
+    stopped one is found by the stall watchdog (exit code 77). Either way the
+    allocation is freed, no rank spins on."""
+    run_dir = tmp_path / "fault"
+    env = dict(os.environ, MPITRAIN_FAULT=f"rank=1,at=backward,nth=4,signal={sig}")
+    result = subprocess.run([sys.executable, "-m", "mpitrain", "submit", JOB,
+                             *sets(run_dir, prep, LONG + ["train.epochs=40", "runtime.stall_timeout=5"])],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 0, result.stderr
+    job = re.search(r"submitted Slurm job (\d+)", result.stdout).group(1)
+    start = time.monotonic()
+    info = wait_done(job, timeout=240)
+    log = log_text(run_dir)
+    assert "fault injection: backward #4" in log, log[-2000:]
+    assert info["JobState"] == "FAILED" and info["Restarts"] == "0", (info, log[-2000:])
+    if code:
+        assert info["ExitCode"].startswith(code) and "rank(s) 1 reported no wait" in log, (info, log[-2000:])
+    assert time.monotonic() - start < 200

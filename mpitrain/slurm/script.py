@@ -82,9 +82,13 @@ def render(r: Request) -> str:
                   f"ARGS+=(--set \"{r.array_key}=${{VALUES[$SLURM_ARRAY_TASK_ID]}}\" "
                   f"--set \"job.run_dir=\\\"${{RUN_DIRS[$SLURM_ARRAY_TASK_ID]}}\\\"\")"]
     command = f"{q(r.python)} -m mpitrain train {q(r.job_file)} \"${{ARGS[@]}}\""
+    lines += ["# a stalled job (the watchdog's exit code 77) leaves this file: srun would report the",
+              "# stopped rank's SIGKILL instead, and a wrapper could not tell a stall from a crash.",
+              f"export MPITRAIN_STALL_FILE={q(r.run_dir)}/.stalled-$SLURM_JOB_ID"]
     if r.launcher == "srun":
         lines += ["# srun does not pass --cpus-per-task on to the step since Slurm 22.05: give it again.",
-                  f"srun --mpi={r.mpi} --kill-on-bad-exit=1 --cpus-per-task={r.cpus_per_task} {command}"]
+                  f"srun --mpi={r.mpi} --kill-on-bad-exit=1 --cpus-per-task={r.cpus_per_task} {command}",
+                  "status=$?"]
     else:
         lines += ["# mpiexec does not pass the signal on: the trap leaves a file that rank 0 looks for.",
                   f"export MPITRAIN_STOP_FILE={q(r.run_dir)}/.stop-$SLURM_JOB_ID",
@@ -92,6 +96,7 @@ def render(r: Request) -> str:
                   "pid=$!",
                   f"trap 'touch \"$MPITRAIN_STOP_FILE\"' {SIGNAL_NAME}",
                   "wait $pid; status=$?",
-                  "while kill -0 $pid 2>/dev/null; do wait $pid; status=$?; done  # a trapped signal ends wait early",
-                  "exit $status"]
+                  "while kill -0 $pid 2>/dev/null; do wait $pid; status=$?; done  # a trapped signal ends wait early"]
+    lines += ['if [ -e "$MPITRAIN_STALL_FILE" ]; then rm -f "$MPITRAIN_STALL_FILE"; status=77; fi',
+              "exit $status"]
     return "\n".join(lines) + "\n"
