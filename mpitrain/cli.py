@@ -6,7 +6,8 @@ import sys
 
 from .errors import UsageError
 
-COMMANDS = ["train", "prepare", "plan", "submit", "eval", "export", "checkpoint", "selfcheck", "bench", "keys"]
+COMMANDS = ["train", "prepare", "plan", "submit", "eval", "export", "checkpoint", "selfcheck", "bench", "keys",
+            "report"]
 
 
 def _module(name: str):
