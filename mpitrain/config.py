@@ -48,6 +48,8 @@ class RuntimeSection:
     stall_timeout: float = opt(0.0, "seconds a rank may wait on MPI before the job is ended as stalled "
                                     "(exit code 77); 0 = calibrated: max(30 s, 10x the slowest of the first "
                                     "steps), 300 s until then", min=0.0)
+    trace_steps: int = opt(0, "write RUN_DIR/trace.json (Chrome trace, one track per rank) of this many "
+                              "steps after the first two; 0 = off", min=0)
     check_collectives: bool = opt(False, "debug: compare (operation, size, dtype) across the group before "
                                          "every collective; a mismatch ends the job at once naming both")
 
@@ -69,6 +71,9 @@ class PipelineSection:
     partition: str = opt("parameters", "uniform | parameters | profile | cuts",
                          choices=("uniform", "parameters", "profile", "cuts"))
     cuts: list = opt([], "with partition = 'cuts': index of the first layer of stages 1..pp-1")
+    recompute: bool = opt(False, "activation recomputation: keep only each layer's inputs for backward and "
+                                 "run its forward again there (less activation memory, about one more "
+                                 "forward of compute); same gradients")
 
 
 @dataclass
@@ -95,6 +100,15 @@ class TrainSection:
                          choices=("stop", "skip"))
     log_every: int = opt(50, "log loss, lr, gradient norm and throughput every N steps", min=1)
     tail: str = opt("drop", "last partial global batch of an epoch: drop | pad", choices=("drop", "pad"))
+    precision: str = opt("fp32", "training compute: fp32 | bf16 (autocast to bfloat16, CPU or CUDA) | fp16 "
+                                 "(autocast to float16 with dynamic loss scaling; CUDA only). Parameters, "
+                                 "gradients and optimizer state stay fp32, and so does evaluation; gradients "
+                                 "are reduced in fp32 (or bf16/fp16 on the wire: [comm] compress)",
+                         choices=("fp32", "bf16", "fp16"))
+    loss_scale_init: float = opt(65536.0, "fp16: initial loss scale (halved after a step with inf/NaN "
+                                          "gradients, which is skipped on every rank)", min=1.0)
+    loss_scale_growth_interval: int = opt(2000, "fp16: double the loss scale after this many steps without "
+                                                "inf/NaN gradients", min=1)
 
 
 @dataclass

@@ -102,6 +102,9 @@ def apply(trainer, manifest: dict, part: dict, with_optimizer: bool) -> None:
     trainer.scheduler.load_state_dict(sched)
     for group, lr in zip(trainer.optimizer.param_groups, trainer.scheduler.get_last_lr()):
         group["lr"] = lr
+    scaler = getattr(trainer.model, "scaler", None)  # fp16: the same loss scale on every rank
+    if scaler is not None and "loss_scale" in state:
+        scaler.load_state_dict(state["loss_scale"])
     if part["rng"] is not None:
         from . import rng
 

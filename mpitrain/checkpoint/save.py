@@ -65,10 +65,14 @@ def snapshot(trainer, buffers: dict) -> dict:
 def run_state(trainer, metrics: dict | None) -> dict:
     """The run's position and settings, from rank 0 (JSON)."""
     cfg, g = trainer.cfg, trainer.topo.grid
-    return {"step": trainer.step, "epoch": trainer.epoch, "step_in_epoch": trainer.step_in_epoch,
-            "scheduler": trainer.scheduler.state_dict(), "config": cfg.to_dict(), "metrics": metrics or {},
-            "layout": {"dp": g.dp, "pp": g.pp, "tp": g.tp, "world": trainer.topo.size},
-            "task_state": trainer.task_state()}
+    state = {"step": trainer.step, "epoch": trainer.epoch, "step_in_epoch": trainer.step_in_epoch,
+             "scheduler": trainer.scheduler.state_dict(), "config": cfg.to_dict(), "metrics": metrics or {},
+             "layout": {"dp": g.dp, "pp": g.pp, "tp": g.tp, "world": trainer.topo.size},
+             "task_state": trainer.task_state()}
+    scaler = getattr(trainer.model, "scaler", None)
+    if scaler is not None:  # fp16: the loss scale (the same on every rank)
+        state["loss_scale"] = scaler.state_dict()
+    return state
 
 
 def merge_groups(parts: list[list[dict]]) -> list[dict]:

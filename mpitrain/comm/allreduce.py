@@ -57,6 +57,7 @@ class Handle:
         self._reducer, self._op, self.tensor, self._finish = reducer, op, tensor, finish
         self._scratch = scratch
         self.done = op is None
+        self.started = self.finished = time.perf_counter()  # finished: set again when it completes
 
     def test(self) -> bool:
         if not self.done:
@@ -72,6 +73,7 @@ class Handle:
 
     def _complete(self):
         self.done = True
+        self.finished = time.perf_counter()
         self._reducer._active.remove(self)
         if self._scratch is not None:
             self._reducer._scratch_free.append(self._scratch)

@@ -6,9 +6,9 @@ from __future__ import annotations
 import argparse
 import importlib
 
-HELP = "benchmarks against peers: allreduce, dp (training vs DDP), pipeline, gpt, checkpoint, tp, ner-reference"
+HELP = "benchmarks against peers: allreduce, dp (training vs DDP), pipeline, gpt, checkpoint, tp, precision, ner-reference"
 BENCHES = {"allreduce": "allreduce", "dp": "dp_training", "pipeline": "pipeline", "gpt": "gpt",
-           "checkpoint": "checkpoint", "tp": "tp",
+           "checkpoint": "checkpoint", "tp": "tp", "precision": "precision",
            "ner-reference": "ner_reference"}
 
 

@@ -27,6 +27,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
                         help="continue an unfinished run of this job from its newest valid checkpoint "
                              "(the default, [checkpoint] resume = \"auto\"), or start from CHECKPOINT")
+    parser.add_argument("--trace", nargs="?", const=3, type=int, default=None, metavar="STEPS",
+                        help="write RUN_DIR/trace.json: every rank's spans over STEPS steps (default 3) "
+                             "after warm-up, one track per rank ([runtime] trace_steps)")
 
 
 def run(args) -> int:
@@ -39,6 +42,8 @@ def run(args) -> int:
         args.job = default_job()
     if args.resume is not None:
         args.set = list(args.set) + [f"checkpoint.resume={args.resume!r}".replace("'", '"')]
+    if args.trace is not None:
+        args.set = list(args.set) + [f"runtime.trace_steps={args.trace}"]
     trainer = Trainer(started=start_job(args))
     trainer.fit()
     trainer.close()

@@ -41,6 +41,7 @@ from mpitrain.comm import faults
 from mpitrain.comm.allreduce import AllReducer
 from mpitrain.comm.progress import ProgressThread
 from mpitrain.errors import UsageError
+from mpitrain.timing import TIMER
 
 
 @dataclass
@@ -234,6 +235,12 @@ class GradientAverager:
         end = time.perf_counter()
         self.timings["exposed_seconds"] += end - t0
         self.timings["comm_seconds"] += end - (self._first_launch or t0)
+        TIMER.record("dp_exposed", "gradient all-reduce wait", t0, end - t0)
+        TIMER.add("dp_hidden", max(0.0, t0 - (self._first_launch or t0)))  # in flight during backward
+        if TIMER.events is not None:
+            for i, b in enumerate(self.buckets):
+                TIMER.record("allreduce", f"all-reduce bucket {i} ({b.buffer.numel() * b.buffer.element_size() / 2**20:.1f} MiB)",
+                             b.handle.started, b.handle.finished - b.handle.started, thread=1, count=False)
         self.timings["steps"] += 1
         if self._arrival is not None:
             self._relayout_by_arrival()

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import time
 import traceback
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -42,6 +42,7 @@ import torch
 from ..comm.p2p import P2P, Recv, Send
 from ..errors import UsageError
 from ..comm import faults, waits
+from ..timing import TIMER
 from .clip import clip_grad_norm_
 from .memory import ActivationMeter
 from .schedule import (BACKWARD, FORWARD, RECV_ACT, RECV_GRAD, SEND_ACT, SEND_GRAD, Action,
@@ -70,6 +71,19 @@ class _MB:
 
 def _floats(ts):
     return [t for t in ts if torch.is_tensor(t) and t.is_floating_point()]
+
+
+@contextmanager
+def _fp32_loss(out: tuple):
+    """Inside an autocast region (mixed precision): autocast off, and half-precision
+    outputs as fp32, so that the loss is computed in fp32. Else `out` unchanged."""
+    device = next((t.device.type for t in out if torch.is_tensor(t)), "cpu")
+    if not torch.is_autocast_enabled(device):
+        yield out
+        return
+    with torch.autocast(device, enabled=False):
+        yield tuple(t.float() if torch.is_tensor(t) and t.dtype in (torch.float16, torch.bfloat16) else t
+                    for t in out)
 
 
 class PipelineEngine:
@@ -172,6 +186,8 @@ class PipelineEngine:
                 t0 = time.perf_counter()
                 self._exchange(item, state, len(microbatches))
                 stats.comm_s += time.perf_counter() - t0
+                TIMER.record("pipeline_wait", ", ".join(f"{a.op.replace('_', ' ')} mb {a.mb}" for a in item),
+                             t0, time.perf_counter() - t0)
                 pos += len(item)
                 continue
             t0 = time.perf_counter()
@@ -187,9 +203,12 @@ class PipelineEngine:
                 if self.stage.is_first:
                     self._release(state.pop(item.mb))
             stats.compute_s += time.perf_counter() - t0
+            TIMER.record("compute", f"{item.op} mb {item.mb}", t0, time.perf_counter() - t0)
             pos += 1
         t0 = time.perf_counter()
-        self.p2p.flush()
+        piped = self.stage.num_stages > 1
+        with TIMER.span("pipeline_wait", "pipeline sends complete") if piped else nullcontext():
+            self.p2p.flush()
         if self.grad_sync is not None:
             self.grad_sync.wait()
         if self.tied is not None:
@@ -220,7 +239,8 @@ class PipelineEngine:
                 return None
             targets = targets.to(self.stage.device) if torch.is_tensor(targets) else targets
             try:
-                st.loss = faults.poison("loss", self.loss(out[0] if len(out) == 1 else out, targets))
+                with _fp32_loss(out) as out:  # under autocast: the loss in fp32, outside it
+                    st.loss = faults.poison("loss", self.loss(out[0] if len(out) == 1 else out, targets))
                 n = int(self.loss.count(targets))
             except UsageError as exc:
                 raise type(exc)(f"stage {self.stage.index}, micro-batch {mb}, loss: {exc}") from exc

@@ -4,12 +4,15 @@ Only this stage's layers are built (with `build_layer`'s layout-independent
 seeding), so the whole model never exists on one rank. Parameters are exposed
 under their global names ``f"{layer.name}.{param}"``; a parameter object shared
 by two layers of the same stage is listed once, under its first name.
+With `recompute` set, training runs each layer under activation checkpointing.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
+from .. import dropout
 from ..dropout import layer as dropout_layer
 from ..errors import UsageError
 from ..layers import BuildContext, LayerSpec, as_tuple, build_layer
@@ -36,6 +39,7 @@ class Stage(nn.Module):
         self.device = torch.device(device)
         self.layer_names = [s.name for s in specs[self.start:self.end]]
         self.layers = nn.ModuleList(build_layer(s, seed, self.device, ctx) for s in specs[self.start:self.end])
+        self.recompute = False  # activation recomputation: keep each layer's inputs, rerun it in backward
 
     @property
     def is_first(self) -> bool:
@@ -73,7 +77,7 @@ class Stage(nn.Module):
         for name, layer in zip(self.layer_names, self.layers):
             try:
                 with dropout_layer(name):
-                    out = as_tuple(layer(*out))
+                    out = as_tuple(self._call(name, layer, out))
             except Exception as exc:
                 where = f"stage {self.index}" + (f", micro-batch {mb}" if mb is not None else "")
                 where += f", layer {name!r}"
@@ -83,6 +87,24 @@ class Stage(nn.Module):
                                    if torch.is_tensor(t) else type(t).__name__ for t in out)
                 raise StageError(f"{where} (inputs: {shapes}): {type(exc).__name__}: {exc}") from exc
         return out
+
+    def _call(self, name: str, layer: nn.Module, inputs: tuple):
+        """One layer; with `recompute` (training), checkpointed: only its inputs are kept
+        for backward, which runs its forward again -- inside the same dropout scope
+        (mode, seed, step, samples, layer name: the same invariant masks), torch RNG
+        state (torch's dropout) and autocast state as the first time."""
+        if not (self.recompute and self.training and torch.is_grad_enabled()):
+            return layer(*inputs)
+        scope = dropout.active()
+        if scope is None:
+            return checkpoint(layer, *inputs, use_reentrant=False)
+        saved = (scope.mode, scope.seed, scope.step, scope.samples)
+
+        def run(*xs):
+            with dropout.scope(*saved), dropout_layer(name):
+                return layer(*xs)
+
+        return checkpoint(run, *inputs, use_reentrant=False)
 
 
 def check_shared_parameters(specs: list[LayerSpec], partition: Partition) -> None:

@@ -14,6 +14,8 @@ import time
 
 import torch
 
+from ..timing import TIMER
+
 
 class CommTime:
     """Seconds and bytes spent in tensor-parallel communication on this rank (for
@@ -35,13 +37,19 @@ COMM_TIME = CommTime()
 
 
 def allreduce(t: torch.Tensor, comm, op=None) -> torch.Tensor:
+    """Sum (or `op`) over `comm`; 16-bit floats (bf16 training) are reduced in fp32,
+    which numpy and MPI can add, and cast back."""
     from mpi4py import MPI
+
+    if t.dtype in (torch.bfloat16, torch.float16):
+        return allreduce(t.float(), comm, op).to(t.dtype)
 
     start = time.perf_counter()
     buf = t.detach().to("cpu", copy=True).contiguous()
     comm.Allreduce(MPI.IN_PLACE, buf.numpy(), op=op or MPI.SUM)
     out = buf.to(t.device)
     COMM_TIME.add(time.perf_counter() - start, buf.numel() * buf.element_size())
+    TIMER.record("tp", "tensor-parallel all-reduce", start, time.perf_counter() - start)
     return out
 
 
@@ -71,11 +79,13 @@ class _Gather(torch.autograd.Function):
     def forward(ctx, x, comm):
         ctx.comm, ctx.width = comm, x.shape[-1]
         start = time.perf_counter()
-        local = x.detach().to("cpu", copy=True).contiguous()
+        local = x.detach().to("cpu", dtype=torch.float32 if x.dtype in (torch.bfloat16, torch.float16)
+                              else x.dtype, copy=True).contiguous()
         out = torch.empty((comm.Get_size(),) + tuple(local.shape), dtype=local.dtype)
         comm.Allgather(local.numpy(), out.numpy())
         COMM_TIME.add(time.perf_counter() - start, out.numel() * out.element_size())
-        return torch.cat(list(out), dim=-1).to(x.device)
+        TIMER.record("tp", "tensor-parallel all-gather", start, time.perf_counter() - start)
+        return torch.cat(list(out), dim=-1).to(x.device, x.dtype)
 
     @staticmethod
     def backward(ctx, grad):

@@ -3,6 +3,8 @@ tensor shards of its layers), the data-parallel gradient averager for that
 stage and shard, and the pipeline engine that runs both."""
 from __future__ import annotations
 
+from contextlib import ExitStack, contextmanager
+
 import numpy as np
 
 from ..config import CommSection
@@ -14,17 +16,22 @@ from ..pipeline.engine import PipelineEngine
 from ..pipeline.inference import forward_only
 from ..pipeline.partition import plan_partition
 from ..pipeline.stage import Stage
+from .precision import autocast_context
 
 
 class ParallelModel:
     def __init__(self, topo, specs, loss, *, seed: int, schedule: str = "1f1b", partition="parameters",
-                 comm_cfg=None, sample=None, tied=(), dropout: str = "invariant"):
+                 comm_cfg=None, sample=None, tied=(), dropout: str = "invariant", precision: str = "fp32",
+                 recompute: bool = False, scaler=None):
         """`partition`: a method name or a list of cut points; `sample`: the first
         layer's input tuple (for partition = 'profile'); `comm_cfg`: the job's
         [comm] section (bucket sizes, algorithm, compression; None = defaults);
         `tied`: groups of global parameter names that are one weight;
         `dropout`: "invariant" (masks a function of seed, step, layer, sample and
-        position: every layout draws the same) or "torch" (torch's RNG).
+        position: every layout draws the same) or "torch" (torch's RNG);
+        `precision`: "fp32" | "bf16" | "fp16", the autocast of each training forward
+        (`train/precision.py`); `recompute`: recompute each layer's activations in
+        backward; `scaler`: a `LossScaler` (fp16) whose scale multiplies the loss.
 
         The partition is decided once, on world rank 0, and broadcast to every
         rank: every replica cuts the model at the same places even when the
@@ -32,6 +39,7 @@ class ParallelModel:
         built (a builder that raises, a tied name that names no parameter) raises
         the same UsageError on every rank, before any collective of the model."""
         self.topo, self.seed, self.dropout, self.tied = topo, seed, dropout, [tuple(g) for g in tied]
+        self.precision, self.scaler = precision, scaler
         if topo.grid.pp == 1:
             partition = "uniform"  # one stage holds every layer; nothing to balance or measure
         ctx = BuildContext.of(topo)
@@ -42,6 +50,7 @@ class ParallelModel:
             return part, build_stage(specs, part, topo.coords.pp, seed, ctx)
 
         self.partition, self.stage = raise_together(plan_and_build, topo.world)
+        self.stage.recompute = recompute
         if hasattr(loss, "bind"):  # a loss over outputs split by the tensor group (vocab-parallel)
             loss.bind(ctx)
         named = list(self.stage.global_named_parameters())
@@ -74,13 +83,25 @@ class ParallelModel:
         `samples`: each micro-batch's global sample indices (row order) and `step` the
         training step, for layout-invariant dropout. Returns (loss_sum, count) on last
         stages, None elsewhere."""
-        from .. import dropout
-
         self.stage.train()
         self.engine.forward_context = None
-        if samples is not None:
-            self.engine.forward_context = lambda mb: dropout.scope(self.dropout, self.seed, step, samples[mb])
+        if samples is not None or self.precision != "fp32":
+            self.engine.forward_context = lambda mb: self._forward_context(None if samples is None else samples[mb],
+                                                                           step)
+        if self.scaler is not None:  # fp16: the loss times the scale; unscaled before clipping
+            self.engine.grad_scale = self.topo.grid.dp * self.scaler.scale
         return self.engine.step(microbatches, normalizer)
+
+    @contextmanager
+    def _forward_context(self, samples, step: int):
+        """Around one micro-batch's training forward: its dropout scope and autocast."""
+        from .. import dropout
+
+        with ExitStack() as stack:
+            if samples is not None:
+                stack.enter_context(dropout.scope(self.dropout, self.seed, step, samples))
+            stack.enter_context(autocast_context(self.topo.device, self.precision))
+            yield
 
     def clip_grad_norm_(self, max_norm: float) -> float:
         return self.engine.clip_grad_norm_(max_norm)

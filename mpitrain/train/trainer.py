@@ -8,15 +8,12 @@ optimizer and scheduler state under global parameter names, and the RNG.
 """
 from __future__ import annotations
 
-import os
-import sys
 import time
 from pathlib import Path
 
 import torch
 
 from ..checkpoint.load import load_into, resume_latest
-from ..checkpoint.manifest import checkpoint_name
 from ..checkpoint.save import CheckpointSaver
 from ..comm.waits import MONITOR
 from ..data.sharding import steps_per_epoch
@@ -24,8 +21,7 @@ from ..errors import ConfigError
 from ..failure import agree_or_exit, on_root_or_exit
 from ..runtime import Job, start_job
 from ..slurm import env as slurm_env
-from ..slurm.requeue import requeue
-from ..slurm.stop import EXIT_REQUEUED, EXIT_STOPPED, NAMES, STOP, WARNED
+from ..slurm.stop import STOP
 from ..task import Model
 from ..tasks import run_user_code
 from ..watchdog import Watchdog
@@ -33,8 +29,10 @@ from .loop import Sums, run_epoch
 from .metrics import MetricsSink, numbers
 from .optim import make_optimizer, make_schedule
 from .parallel import ParallelModel
-from .run_dir import choose_run_dir, count_time_requeue, create_run_dir, mark_finished
+from .run_dir import choose_run_dir, create_run_dir, mark_finished
 from .state import load_optimizer_state, optimizer_state
+from .stopping import stop_for_signal
+from .trace import Tracer
 
 
 def check_batch(cfg, dp: int, microbatches: int) -> None:
@@ -108,8 +106,9 @@ class Trainer:
         torch.manual_seed(cfg.job.seed * 100003 + topo.rank // topo.grid.tp)
         self.checkpoint_root = Path(ck.dir) if ck.dir else self.run_dir / "checkpoints"
         self.saver = None
-        self.skipped_steps = 0
+        self.skipped_steps = 0   # optimizer steps skipped for a non-finite loss or gradient norm
         self._step_ended = None
+        self.tracer = None       # a Tracer while fit() traces steps ([runtime] trace_steps)
         MONITOR.check_collectives = cfg.runtime.check_collectives
         self.watchdog = Watchdog(topo.world, topo.describe(), self.run_dir / "logs",
                                  cfg.runtime.stall_timeout) if training else None
@@ -142,37 +141,6 @@ class Trainer:
         error, once, exit code 2."""
         return agree_or_exit(lambda: load_into(self, Path(path), with_optimizer), self.topo.world)
 
-    def _stop(self, got: int) -> None:
-        """A stop signal reached some rank: every rank writes a committed checkpoint;
-        for the time-limit warning rank 0 requeues the job (up to slurm.max_requeues
-        times); then all ranks exit (EXIT_REQUEUED or EXIT_STOPPED)."""
-        cfg, log, world = self.cfg, self.log, self.topo.world
-        ck = cfg.checkpoint
-        saver = self.saver or CheckpointSaver(self, self.checkpoint_root, keep=ck.keep, background=False)
-        saver.save()
-        saver.finish()
-        code = EXIT_STOPPED
-        if self.topo.rank == 0:
-            log.info(f"{NAMES[got]} at step {self.step}: checkpoint {self.checkpoint_root / checkpoint_name(self.step)} "
-                     "committed")
-            if got == WARNED and cfg.slurm.requeue and slurm_env.in_allocation():
-                if count_time_requeue(self.run_dir, cfg.slurm.max_requeues):
-                    code = EXIT_REQUEUED
-                else:
-                    log.info(f"not requeued: {cfg.slurm.max_requeues} time-limit requeues made "
-                             "([slurm] max_requeues)")
-        code = world.bcast(code, root=0)
-        self.stop.uninstall()
-        world.Barrier()
-        sys.stdout.flush()
-        from mpi4py import MPI
-
-        MPI.Finalize()  # every rank is done with MPI before Slurm ends this incarnation
-        if code == EXIT_REQUEUED and self.topo.rank == 0 and not requeue(log):
-            code = EXIT_STOPPED
-        sys.stdout.flush()
-        os._exit(code)
-
     def task_state(self) -> dict:
         """The task's own facts a checkpoint must agree with (JSON), e.g. its labels."""
         fn = getattr(self.task, "checkpoint_state", None)
@@ -187,7 +155,7 @@ class Trainer:
         if self.stop is not None:
             got = self.stop.agreed(self.topo.world)
             if got:
-                self._stop(got)
+                stop_for_signal(self, got)
         if self.saver is None:
             return
         every = self.cfg.checkpoint.every_steps
@@ -215,7 +183,10 @@ class Trainer:
         return datasets, spec
 
     def _build_model(self, where: str) -> ParallelModel:
+        from . import precision
+
         cfg, topo, spec = self.cfg, self.topo, self.spec
+        precision.check_device(cfg, topo.device)  # fp16 needs CUDA: a one-line error, exit 2
         method = list(cfg.pipeline.cuts) if cfg.pipeline.partition == "cuts" else cfg.pipeline.partition
         sample = spec.sample
         if sample is None and method == "profile":
@@ -224,7 +195,8 @@ class Trainer:
             sample = run_user_code(f"{where} the train split's batch()", self.train_set.batch, indices)[0]
         model = ParallelModel(topo, spec.layers, spec.loss, seed=cfg.job.seed, schedule=cfg.pipeline.schedule,
                               partition=method, comm_cfg=cfg.comm, sample=sample, tied=spec.tied,
-                              dropout=cfg.train.dropout)
+                              dropout=cfg.train.dropout, precision=cfg.train.precision,
+                              recompute=cfg.pipeline.recompute, scaler=precision.make_scaler(cfg.train))
         if topo.rank == 0:
             if spec.description:
                 self.log.info(f"model: {spec.description}")
@@ -238,6 +210,8 @@ class Trainer:
         cfg, log, rank0 = self.cfg, self.log, self.topo.rank == 0
         if self.watchdog is not None:
             self.watchdog.start()
+        if cfg.runtime.trace_steps:
+            self.tracer = Tracer(self.topo, self.run_dir / "trace.json", cfg.runtime.trace_steps, self.step)
         while self.epoch < cfg.train.epochs and not self.done:
             result = run_epoch(self, self.epoch, start=self.step_in_epoch)
             if self.step_in_epoch < self.steps_per_epoch:
@@ -260,6 +234,11 @@ class Trainer:
                 self.saver.save(metrics=self.topo.world.bcast(numbers(dev), root=0))
         if self.saver is not None:
             self.saver.finish()
+        if self.tracer is not None:
+            self.tracer.finish()  # a run shorter than the traced steps writes what it has
+            if rank0 and self.tracer.written:
+                log.info(f"trace of {cfg.runtime.trace_steps} step(s) written to {self.tracer.path} "
+                         "(open it in https://ui.perfetto.dev)")
         final = {}
         if "test" in self.datasets:
             final = self.evaluate("test")
