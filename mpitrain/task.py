@@ -30,6 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
+from .errors import UsageError
 from .layers import LayerSpec
 
 REQUIRED_METHODS = ("datasets", "model")
@@ -95,3 +96,22 @@ class Task:
 
     def describe(self, prepared) -> str:
         return f"prepared: {prepared!r}"
+
+
+class TaskError(UsageError):
+    """The task's own code raised an exception that is not a UsageError: one line
+    naming the call, the exception and the line of the task's code it came from
+    (exit code 2, like every bad input)."""
+
+
+def run_user_code(what: str, fn, *args):
+    """`fn(*args)`; any exception but a UsageError becomes a one-line `TaskError`
+    saying that `what` raised it, and where."""
+    from .failure import describe_exception
+
+    try:
+        return fn(*args)
+    except UsageError:
+        raise
+    except Exception as exc:
+        raise TaskError(f"{what} raised {describe_exception(exc)}; fix the task's code") from exc

@@ -6,10 +6,8 @@
 called with no arguments and returns the task (a class works). Every failure is
 one line naming the job file and what to fix.
 
-`run_user_code` calls the task's own code (its methods, its datasets): an
-exception that is not a `UsageError` becomes a `TaskError`, one line naming the
-call, the exception and the line of the task's code it came from (exit code 2,
-like every bad input). `drop_invisible` removes the invisible characters the
+(`mpitrain.task.run_user_code` calls the task's own code: an exception that is
+not a `UsageError` becomes a `TaskError`, one line, exit code 2.) `drop_invisible` removes the invisible characters the
 built-in data readers ignore.
 """
 from __future__ import annotations
@@ -20,8 +18,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from ..errors import ConfigError, UsageError
-from ..failure import describe_exception
+from ..errors import ConfigError
 
 # byte-order mark (zero-width no-break space), zero-width space, non-joiner and joiner, word joiner
 INVISIBLE = "\ufeff\u200b\u200c\u200d\u2060"
@@ -31,21 +28,6 @@ _NO_INVISIBLE = dict.fromkeys(map(ord, INVISIBLE))
 def drop_invisible(text: str) -> str:
     """`text` without byte-order marks and zero-width characters (`INVISIBLE`)."""
     return text.translate(_NO_INVISIBLE)
-
-
-class TaskError(UsageError):
-    """The task's own code raised an exception that is not a UsageError."""
-
-
-def run_user_code(what: str, fn, *args):
-    """`fn(*args)`; any exception but a UsageError becomes a one-line `TaskError`
-    saying that `what` raised it, and where."""
-    try:
-        return fn(*args)
-    except UsageError:
-        raise
-    except Exception as exc:
-        raise TaskError(f"{what} raised {describe_exception(exc)}; fix the task's code") from exc
 
 
 BUILTIN = {

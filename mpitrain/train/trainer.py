@@ -22,8 +22,7 @@ from ..failure import agree_or_exit, on_root_or_exit
 from ..runtime import Job, start_job
 from ..slurm import env as slurm_env
 from ..slurm.stop import STOP
-from ..task import Model
-from ..tasks import run_user_code
+from ..task import Model, run_user_code
 from ..watchdog import Watchdog
 from .loop import Sums, run_epoch
 from .metrics import MetricsSink, numbers
