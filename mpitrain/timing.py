@@ -31,6 +31,7 @@ NAMES = {"data": "data loading", "compute": "compute (forward+backward)", "dp_ex
 class Timer:
     def __init__(self):
         self.seconds: dict[str, float] = defaultdict(float)
+        self.totals: dict[str, float] = defaultdict(float)  # since the start, never taken (benchmarks)
         self.events: list | None = None   # (name, category, start, duration, thread) while tracing
 
     @contextmanager
@@ -44,13 +45,14 @@ class Timer:
     def record(self, category: str, name: str, start: float, seconds: float, thread: int = 0,
                count: bool = True) -> None:
         if count:
-            self.seconds[category] += seconds
+            self.add(category, seconds)
         if self.events is not None:
             self.events.append((name or category, category, start, seconds, thread))
 
     def add(self, category: str, seconds: float) -> None:
         """Count time that is not one span (e.g. communication overlapping compute)."""
         self.seconds[category] += seconds
+        self.totals[category] += seconds
 
     def take(self) -> dict[str, float]:
         """The seconds per category since the last call (and start counting anew)."""

@@ -46,17 +46,17 @@ def _block(trainer, n: int, position: int) -> tuple[float, float]:
     """(seconds, tp communication seconds) of n steps from `position`, max over ranks."""
     from mpi4py import MPI
 
-    from ..tp.ops import COMM_TIME
+    from ..timing import TIMER
     from ..train.loop import run_epoch
 
     trainer.topo.world.Barrier()
-    COMM_TIME.reset()
+    tp_before = TIMER.totals["tp"]
     start, done = time.perf_counter(), 0
     while done < n:
         epoch, at = divmod(position + done, trainer.steps_per_epoch)
         done += run_epoch(trainer, epoch, start=at, stop=min(trainer.steps_per_epoch, at + n - done)).steps
     seconds = time.perf_counter() - start
-    return tuple(trainer.topo.world.allreduce(v, op=MPI.MAX) for v in (seconds / n, COMM_TIME.seconds / n))
+    return tuple(trainer.topo.world.allreduce(v, op=MPI.MAX) for v in (seconds / n, (TIMER.totals["tp"] - tp_before) / n))
 
 
 def step_times(model: str, steps: int, reps: int, root: str) -> dict:

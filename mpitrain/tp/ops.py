@@ -17,25 +17,6 @@ import torch
 from ..timing import TIMER
 
 
-class CommTime:
-    """Seconds and bytes spent in tensor-parallel communication on this rank (for
-    step-time breakdowns and benchmarks); `reset` between measurements."""
-
-    def __init__(self):
-        self.reset()
-
-    def reset(self) -> None:
-        self.seconds, self.bytes, self.calls = 0.0, 0, 0
-
-    def add(self, seconds: float, nbytes: int) -> None:
-        self.seconds += seconds
-        self.bytes += nbytes
-        self.calls += 1
-
-
-COMM_TIME = CommTime()
-
-
 def allreduce(t: torch.Tensor, comm, op=None) -> torch.Tensor:
     """Sum (or `op`) over `comm`; 16-bit floats (bf16 training) are reduced in fp32,
     which numpy and MPI can add, and cast back."""
@@ -48,7 +29,6 @@ def allreduce(t: torch.Tensor, comm, op=None) -> torch.Tensor:
     buf = t.detach().to("cpu", copy=True).contiguous()
     comm.Allreduce(MPI.IN_PLACE, buf.numpy(), op=op or MPI.SUM)
     out = buf.to(t.device)
-    COMM_TIME.add(time.perf_counter() - start, buf.numel() * buf.element_size())
     TIMER.record("tp", "tensor-parallel all-reduce", start, time.perf_counter() - start)
     return out
 
@@ -83,7 +63,6 @@ class _Gather(torch.autograd.Function):
                               else x.dtype, copy=True).contiguous()
         out = torch.empty((comm.Get_size(),) + tuple(local.shape), dtype=local.dtype)
         comm.Allgather(local.numpy(), out.numpy())
-        COMM_TIME.add(time.perf_counter() - start, out.numel() * out.element_size())
         TIMER.record("tp", "tensor-parallel all-gather", start, time.perf_counter() - start)
         return torch.cat(list(out), dim=-1).to(x.device, x.dtype)
 
