@@ -37,7 +37,8 @@ from mpi4py import MPI
 
 from mpitrain.comm import device_buffers as dev
 from mpitrain.comm.mpi_ops import MpiAllreduce, mpi_allreduce_
-from mpitrain.comm.ring import DEFAULT_CHUNK_BYTES, DEFAULT_WINDOW, RingAllreduce, Scratch
+from mpitrain.comm.ring import (DEFAULT_CHUNK_BYTES, DEFAULT_WINDOW, RingAllreduce, Scratch, owned_segment,
+                                 segment_bounds)
 from mpitrain.errors import UsageError
 
 ALGORITHMS = ("ring", "mpi", "auto")
@@ -145,6 +146,48 @@ class AllReducer:
         scratch = self._scratch_free.pop() if self._scratch_free else Scratch()
         op = self._start(target, average, scratch)
         handle = Handle(self, op, tensor, finish, scratch)
+        self._active.append(handle)
+        return handle
+
+    def empty(self, numel: int, dtype: torch.dtype) -> torch.Tensor:
+        """A zeroed flat buffer for this reducer's collectives (in the node's shared
+        memory when the reducer uses it, so reductions on it need no copy)."""
+        return torch.zeros(numel, dtype=dtype)
+
+    def owned(self, numel: int) -> tuple[int, int]:
+        """The range [a, b) of a flat tensor of ``numel`` elements that this rank holds
+        reduced after ``ireduce_scatter_`` and contributes to ``iall_gather_``. The
+        ranges of the group's ranks are disjoint and cover the tensor."""
+        if self.size == 1:
+            return 0, numel
+        return segment_bounds(numel, self.size)[owned_segment(self.rank, self.size)]
+
+    def ireduce_scatter_(self, tensor: torch.Tensor, average: bool = False) -> Handle:
+        """Start a reduce-scatter of a flat, contiguous host tensor: afterwards
+        ``tensor[a:b]`` with ``(a, b) = owned(numel)`` holds the sum (mean) over the
+        group; the rest of the tensor is unspecified."""
+        return self._start_phase(tensor, average, "reduce_scatter")
+
+    def iall_gather_(self, tensor: torch.Tensor) -> Handle:
+        """Start an all-gather of a flat, contiguous host tensor: every rank's
+        ``owned`` range is copied to all the others (never compressed)."""
+        return self._start_phase(tensor, False, "all_gather")
+
+    def _start_phase(self, tensor, average, phase) -> Handle:
+        self._validate(tensor, average)
+        if tensor.dim() != 1 or not tensor.is_contiguous() or dev.is_device_tensor(tensor):
+            raise UsageError(f"AllReducer: {phase} needs a flat, contiguous host tensor")
+        if self.check:
+            self.check_agreement(tensor)
+        if self.size == 1 or tensor.numel() == 0:
+            return Handle(self, None, tensor)
+        scratch = self._scratch_free.pop() if self._scratch_free else Scratch()
+        tag_base = (self._seq % self._tag_slots) * self._tag_span
+        self._seq += 1
+        wire = self.wire if phase == "reduce_scatter" and tensor.dtype in (torch.float32, torch.float64) else None
+        op = RingAllreduce(self.comm, tensor, tag_base=tag_base, average=average, chunk_bytes=self.chunk_bytes,
+                           window=self.window, wire_dtype=wire, scratch=scratch, phase=phase)
+        handle = Handle(self, op, tensor, None, scratch)
         self._active.append(handle)
         return handle
 

@@ -19,6 +19,12 @@ Every rank gets the same bits: each segment is reduced once, by its owner, and
 copied everywhere else. The order of additions is fixed, so repeated runs are
 bitwise identical.
 
+Phases: ``phase="reduce_scatter"`` runs only steps ``t < n-1`` (afterwards rank r
+holds the reduced segment ``owned_segment(r, n) = (r + 1) % n``; the rest of the
+tensor is left partly summed), ``phase="all_gather"`` only the later steps (every
+rank contributes its owned segment, and receives the others). Together they are
+the all-reduce (ZeRO-1 uses them apart).
+
 Wire compression (``wire_dtype`` float16/bfloat16 on a float32/float64 tensor):
 messages carry the 16-bit value, additions happen in the tensor's dtype, and
 the owner rounds its reduced segment through the wire dtype, so all ranks still
@@ -49,6 +55,14 @@ def segment_bounds(numel: int, n: int) -> list[tuple[int, int]]:
     return bounds
 
 
+def owned_segment(rank: int, n: int) -> int:
+    """The segment a rank holds fully reduced after the reduce-scatter phase."""
+    return (rank + 1) % n
+
+
+PHASES = ("all", "reduce_scatter", "all_gather")
+
+
 class Scratch:
     """Reused receive (and wire send) buffers, grown on demand."""
 
@@ -69,7 +83,10 @@ class RingAllreduce:
 
     def __init__(self, comm, tensor: torch.Tensor, *, tag_base: int = 0, average: bool = False,
                  chunk_bytes: int = DEFAULT_CHUNK_BYTES, window: int = DEFAULT_WINDOW,
-                 wire_dtype: torch.dtype | None = None, scratch: Scratch | None = None):
+                 wire_dtype: torch.dtype | None = None, scratch: Scratch | None = None,
+                 phase: str = "all"):
+        if phase not in PHASES:
+            raise UsageError(f"ring_allreduce_: phase={phase!r} is unknown; use one of {', '.join(PHASES)}")
         if not tensor.is_contiguous():
             raise UsageError("ring_allreduce_: tensor is not contiguous; pass tensor.contiguous() "
                              "and copy the result back")
@@ -82,7 +99,7 @@ class RingAllreduce:
             raise UsageError(f"ring_allreduce_: wire compression needs a floating tensor, got {tensor.dtype}")
         self.done = self.n == 1 or self.flat.numel() == 0
         if self.done:
-            if self.average and self.n > 1:
+            if self.average and self.n > 1 and phase != "all_gather":
                 self.flat.div_(self.n)
             return
         self.tag_base = tag_base
@@ -91,6 +108,9 @@ class RingAllreduce:
         self.window = max(1, window)
         self.bounds = segment_bounds(self.flat.numel(), self.n)
         self.T = 2 * (self.n - 1)
+        # the steps this call runs: [t0, t1)
+        self.t0 = self.n - 1 if phase == "all_gather" else 0
+        self.t1 = self.n - 1 if phase == "reduce_scatter" else self.T
         self.bytes = mpi_bytes(self.flat)
         self.es = tensor.element_size()
         scratch = scratch or Scratch()
@@ -104,7 +124,7 @@ class RingAllreduce:
             self.wsend_bytes = [mpi_bytes(b) for b in self.wsend]
         # receive items in processing order: (step, chunk index, start, end)
         self.items = []
-        for t in range(self.T):
+        for t in range(self.t0, self.t1):
             for j, (a, b) in enumerate(self._chunks((self.rank - t - 1) % self.n)):
                 self.items.append((t, j, a, b))
         self.recv_reqs: list = [None] * len(self.items)
@@ -145,11 +165,12 @@ class RingAllreduce:
         return dst
 
     def _start_sends(self):
-        for j, (a, b) in enumerate(self._chunks(self.rank % self.n)):
+        t = self.t0
+        for j, (a, b) in enumerate(self._chunks((self.rank - t) % self.n)):
             if self.wire is None:
-                self._send(0, j, a, b)
+                self._send(t, j, a, b)
             else:
-                self._wire_send(0, j, a, b, self.flat[a:b])
+                self._wire_send(t, j, a, b, self.flat[a:b])
 
     def _gate(self, i: int):
         """The send that must finish before item i's receive may land, or None."""
@@ -193,15 +214,18 @@ class RingAllreduce:
                 dst.div_(self.n)
             if self.wire is None:
                 synchronize(dst)
-                self._send(t + 1, j, a, b)
-            else:
+                if t + 1 < self.t1:
+                    self._send(t + 1, j, a, b)
+            elif t + 1 < self.t1:
                 sent = self._wire_send(t + 1, j, a, b, dst)
                 if t == self.n - 2:
                     dst.copy_(sent)  # the owner keeps exactly what the others receive
+            elif t == self.n - 2:   # reduce-scatter only: round as the all-gather will send it
+                dst.copy_(dst.to(self.wire))
         else:
             if self.wire is not None:
                 dst.copy_(slot)
-            if t + 1 < self.T:
+            if t + 1 < self.t1:
                 if self.wire is None:
                     self._send(t + 1, j, a, b)
                 else:

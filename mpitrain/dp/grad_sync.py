@@ -19,6 +19,12 @@ every later hook (``progress="hooks"``). ``wait()`` launches what is left
 disagree), finishes every bucket, and leaves the group mean (or sum, with
 ``average=False``) in ``p.grad``, which then is a view into its bucket.
 
+With ``reduce_scatter=True`` (ZeRO-1) buckets are reduce-scattered instead:
+after ``wait()`` only ``bucket.buffer[a:b]`` with ``(a, b) = owned(bucket)`` holds
+the group's mean (sum); the rest of each ``p.grad`` is unspecified. The bucket
+layout then stays in reverse registration order (a sharded optimizer's state is
+laid out on it).
+
 Inside ``no_sync()`` hooks do nothing: gradients accumulate locally and the next
 backward outside it communicates the accumulated sum. A second backward that
 reaches a parameter before ``wait()`` is a ``UsageError``.
@@ -86,7 +92,8 @@ class GradientAverager:
     def __init__(self, named_params, comm, *, bucket_bytes: int = 25 * 2**20,
                  first_bucket_bytes: int = 1 * 2**20, algorithm: str = "auto",
                  crossover_bytes: int | None = None, compress: str | None = None,
-                 average: bool = True, chunk_bytes: int | None = None, progress: str = "thread"):
+                 average: bool = True, chunk_bytes: int | None = None, progress: str = "thread",
+                 reduce_scatter: bool = False):
         if bucket_bytes <= 0 or first_bucket_bytes <= 0:
             raise UsageError(f"GradientAverager: bucket_bytes={bucket_bytes} and first_bucket_bytes="
                              f"{first_bucket_bytes} must be positive; set bucket sizes in bytes > 0")
@@ -98,7 +105,8 @@ class GradientAverager:
         self.check_identical()
         self.bucket_bytes, self.first_bucket_bytes = bucket_bytes, first_bucket_bytes
         self._layout(list(reversed(self.named_params)))
-        self._arrival: list[int] | None = []
+        self.reduce_scatter = reduce_scatter
+        self._arrival: list[int] | None = None if reduce_scatter else []
         kwargs = {} if chunk_bytes is None else {"chunk_bytes": chunk_bytes}
         self.reducer = AllReducer(comm, algorithm, crossover_bytes, compress, check=False, **kwargs)
         if progress not in ("thread", "hooks"):
@@ -214,7 +222,8 @@ class GradientAverager:
             if self._first_launch is None:
                 self._first_launch = time.perf_counter()
             faults.point("all-reduce")
-            b.handle = self.reducer.iallreduce_(b.buffer, average=self.average)
+            start = self.reducer.ireduce_scatter_ if self.reduce_scatter else self.reducer.iallreduce_
+            b.handle = start(b.buffer, average=self.average)
             self._next += 1
             if self._progress is not None:
                 self._progress.kick()
@@ -245,6 +254,10 @@ class GradientAverager:
         if self._arrival is not None:
             self._relayout_by_arrival()
         self._reset_step()
+
+    def owned(self, bucket: Bucket) -> tuple[int, int]:
+        """The range of ``bucket.buffer`` this rank holds reduced (``reduce_scatter``)."""
+        return self.reducer.owned(bucket.numel)
 
     def reset_timings(self) -> None:
         for key in ("steps", "hook_seconds", "exposed_seconds", "comm_seconds"):

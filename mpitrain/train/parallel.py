@@ -57,14 +57,16 @@ class ParallelModel:
         self.averager = None
         if topo.grid.dp > 1:
             c = comm_cfg if comm_cfg is not None else CommSection()
+            # each replica's loss is divided by the loss terms of the global batch, so the
+            # replicas' gradients add up to the one-process gradient: sum, no division pass
             self.averager = GradientAverager(
                 named, topo.dp_comm,
                 bucket_bytes=int(c.bucket_mb * 2**20), first_bucket_bytes=int(c.first_bucket_mb * 2**20),
                 algorithm=c.algorithm, crossover_bytes=c.crossover_bytes or None,
-                compress=None if c.compress == "none" else c.compress)
+                compress=None if c.compress == "none" else c.compress, average=False)
             self.averager.broadcast_parameters()
         self.engine = PipelineEngine(self.stage, topo.pp_comm, loss if self.stage.is_last else None,
-                                     schedule, grad_sync=self.averager, grad_scale=topo.grid.dp,
+                                     schedule, grad_sync=self.averager, grad_scale=1,
                                      tied=list(tied), partition=self.partition)
         if topo.grid.tp > 1:
             self.engine.tp_comm = topo.tp_comm
@@ -89,7 +91,7 @@ class ParallelModel:
             self.engine.forward_context = lambda mb: self._forward_context(None if samples is None else samples[mb],
                                                                            step)
         if self.scaler is not None:  # fp16: the loss times the scale; unscaled before clipping
-            self.engine.grad_scale = self.topo.grid.dp * self.scaler.scale
+            self.engine.grad_scale = self.scaler.scale
         return self.engine.step(microbatches, normalizer)
 
     @contextmanager
