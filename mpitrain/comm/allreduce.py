@@ -1,18 +1,25 @@
-"""All-reduce dispatch per communicator: our ring, the MPI library's, or either by size.
+"""All-reduce dispatch per communicator: shared memory, our ring, the MPI library's,
+or by size.
 
 ``AllReducer(comm, algorithm)``:
 
+* ``"shm"``: ``mpitrain.comm.shm``: through the node's shared memory for tensors
+  allocated with ``empty()`` (gradient buckets are); when the group spans nodes,
+  hierarchically (shared memory inside each node, our ring across nodes between
+  the ranks holding the same segment). Needs the same number of group ranks on
+  every node. Other tensors go through the ring.
 * ``"ring"``: ``mpitrain.comm.ring`` (pipelined, in place; optional wire compression).
 * ``"mpi"``: ``MPI_Allreduce`` / ``MPI_Iallreduce`` in place (16-bit floats through a
   user-defined op, on host memory).
-* ``"auto"``: ``mpi`` below ``crossover_bytes``, ``ring`` at or above it. The crossover
-  is given (job file) or measured once, here, on this communicator: both algorithms
-  are timed at a few sizes, the slowest rank's time counts, and every rank derives
-  the same crossover from the same numbers.
+* ``"auto"``: ``mpi`` below ``crossover_bytes``; at or above it ``shm`` when the
+  group has more than one rank on a node (same count on every node), else ``ring``.
+  The crossover is given (job file) or measured once, here, on this communicator:
+  both algorithms are timed at a few sizes, the slowest rank's time counts, and
+  every rank derives the same crossover from the same numbers.
 
 Compression (``compress="fp16"|"bf16"``) applies to ring transfers of float32/float64
-tensors: messages carry 16-bit values, the sums are formed in the tensor's dtype.
-Messages that go through ``mpi`` are not compressed.
+tensors (with ``shm``: those between nodes): messages carry 16-bit values, the sums
+are formed in the tensor's dtype. Messages that go through ``mpi`` are not compressed.
 
 With ``check=True`` every call first agrees on (numel, dtype) with one small
 ``MPI_Allreduce``; a rank passing something different gets a ``UsageError`` on
@@ -37,11 +44,12 @@ from mpi4py import MPI
 
 from mpitrain.comm import device_buffers as dev
 from mpitrain.comm.mpi_ops import MpiAllreduce, mpi_allreduce_
+from mpitrain.comm.shm import SharedBuffers, ShmCollective, owned_range
 from mpitrain.comm.ring import (DEFAULT_CHUNK_BYTES, DEFAULT_WINDOW, RingAllreduce, Scratch, owned_segment,
                                  segment_bounds)
 from mpitrain.errors import UsageError
 
-ALGORITHMS = ("ring", "mpi", "auto")
+ALGORITHMS = ("shm", "ring", "mpi", "auto")
 COMPRESS = {None: None, "none": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 DTYPE_CODES = {torch.float32: 1, torch.float64: 2, torch.float16: 3, torch.bfloat16: 4,
                torch.int32: 5, torch.int64: 6}
@@ -109,6 +117,9 @@ class AllReducer:
         self._seq = 0
         self._tag_span = max(2 * (self.size - 1), 1)
         self._tag_slots = max(1, (self.comm.Get_attr(MPI.TAG_UB) or 32767) // self._tag_span)
+        self.buffers, self.cross, self._last_shm = None, None, None
+        if algorithm in ("shm", "auto") and self.size > 1:
+            self._setup_shared_memory()
         self.crossover_bytes = crossover_bytes
         if algorithm == "auto" and crossover_bytes is None:
             self.crossover_bytes = self.measure_crossover() if self.size > 1 else 0
@@ -116,8 +127,8 @@ class AllReducer:
     # -- public -----------------------------------------------------------
     def allreduce_(self, tensor: torch.Tensor, average: bool = False) -> torch.Tensor:
         """Sum (or mean) ``tensor`` over the communicator, in place; blocks."""
-        if (self.size > 1 and not self._active and self.algorithm != "ring" and not dev.is_device_tensor(tensor)
-                and (self.algorithm == "mpi" or tensor.numel() * tensor.element_size() < self.crossover_bytes)
+        if (self.size > 1 and not self._active and not dev.is_device_tensor(tensor)
+                and self.choose(tensor.numel() * tensor.element_size()) == "mpi"
                 and tensor.is_contiguous()):
             self._validate(tensor, average)
             if self.check:
@@ -149,10 +160,38 @@ class AllReducer:
         self._active.append(handle)
         return handle
 
+    def _setup_shared_memory(self) -> None:
+        """Node-local and cross-node communicators, if ranks of the group share nodes
+        (the same number on every node, as hierarchical reduction needs)."""
+        local = self.comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
+        counts = set(self.comm.allgather(local.Get_size()))
+        if len(counts) > 1 or local.Get_size() == 1:
+            local.Free()
+            if self.algorithm == "shm" and len(counts) > 1:
+                raise UsageError(f"AllReducer: algorithm='shm' needs the same number of group ranks on every "
+                                 f"node, found {sorted(counts)}; use ring, or place ranks evenly")
+            return
+        self.buffers = SharedBuffers(local)
+        if local.Get_size() < self.size:
+            self.cross = self.comm.Split(color=local.Get_rank(), key=self.rank)
+        self._cross_seq = 0
+
+    @property
+    def local_size(self) -> int:
+        return self.buffers.size if self.buffers is not None else 1
+
     def empty(self, numel: int, dtype: torch.dtype) -> torch.Tensor:
-        """A zeroed flat buffer for this reducer's collectives (in the node's shared
-        memory when the reducer uses it, so reductions on it need no copy)."""
+        """A zeroed flat buffer for this reducer's collectives: in the node's shared
+        memory when the reducer uses it, so reductions on it need no copy. Collective:
+        every rank allocates the same sizes in the same order."""
+        if self.buffers is not None:
+            return self.buffers.empty(numel, dtype)
         return torch.zeros(numel, dtype=dtype)
+
+    def release(self, tensor: torch.Tensor) -> None:
+        """Give back a buffer from ``empty()`` (collective, like ``empty``)."""
+        if self.buffers is not None:
+            self.buffers.release(tensor)
 
     def owned(self, numel: int) -> tuple[int, int]:
         """The range [a, b) of a flat tensor of ``numel`` elements that this rank holds
@@ -160,6 +199,10 @@ class AllReducer:
         ranges of the group's ranks are disjoint and cover the tensor."""
         if self.size == 1:
             return 0, numel
+        if self.buffers is not None:
+            c = self.cross
+            return owned_range(numel, self.buffers.size, self.buffers.rank,
+                               c.Get_size() if c is not None else 1, c.Get_rank() if c is not None else 0)
         return segment_bounds(numel, self.size)[owned_segment(self.rank, self.size)]
 
     def ireduce_scatter_(self, tensor: torch.Tensor, average: bool = False) -> Handle:
@@ -182,20 +225,28 @@ class AllReducer:
         if self.size == 1 or tensor.numel() == 0:
             return Handle(self, None, tensor)
         scratch = self._scratch_free.pop() if self._scratch_free else Scratch()
-        tag_base = (self._seq % self._tag_slots) * self._tag_span
-        self._seq += 1
         wire = self.wire if phase == "reduce_scatter" and tensor.dtype in (torch.float32, torch.float64) else None
-        op = RingAllreduce(self.comm, tensor, tag_base=tag_base, average=average, chunk_bytes=self.chunk_bytes,
-                           window=self.window, wire_dtype=wire, scratch=scratch, phase=phase)
+        if self.buffers is not None:
+            if self.buffers.peers(tensor) is None:
+                raise UsageError(f"AllReducer: {phase} with shared memory needs a tensor from empty()")
+            op = self._shm(tensor, average, phase, wire, scratch)
+        else:
+            op = RingAllreduce(self.comm, tensor, tag_base=self._next_tag(), average=average,
+                               chunk_bytes=self.chunk_bytes, window=self.window, wire_dtype=wire,
+                               scratch=scratch, phase=phase)
         handle = Handle(self, op, tensor, None, scratch)
         self._active.append(handle)
         return handle
 
     def choose(self, nbytes: int) -> str:
-        """The algorithm used for a message of ``nbytes``."""
+        """The algorithm used for a message of ``nbytes`` (``shm`` only applies to
+        tensors from ``empty()``; others take the ring instead)."""
+        large = "shm" if self.buffers is not None else "ring"
+        if self.algorithm == "shm":
+            return large
         if self.algorithm != "auto":
             return self.algorithm
-        return "ring" if nbytes >= self.crossover_bytes else "mpi"
+        return large if nbytes >= self.crossover_bytes else "mpi"
 
     def progress(self) -> None:
         """Advance every transfer in flight without blocking."""
@@ -205,6 +256,12 @@ class AllReducer:
     def close(self) -> None:
         for handle in list(self._active):
             handle.wait()
+        if self.buffers is not None:
+            self.buffers.close()
+            self.buffers.local.Free()
+            if self.cross is not None:
+                self.cross.Free()
+            self.buffers = None
         if self.comm != MPI.COMM_NULL:
             self.comm.Free()
 
@@ -238,12 +295,29 @@ class AllReducer:
         algo = self.choose(tensor.numel() * tensor.element_size())
         if algo == "mpi":
             return MpiAllreduce(self.comm, tensor, average)
-        tag_base = (self._seq % self._tag_slots) * self._tag_span
-        self._seq += 1
         wire = self.wire if tensor.dtype in (torch.float32, torch.float64) else None
-        return RingAllreduce(self.comm, tensor, tag_base=tag_base, average=average,
+        if algo == "shm" and self.buffers.peers(tensor) is not None:
+            return self._shm(tensor, average, "all", wire, scratch)
+        return RingAllreduce(self.comm, tensor, tag_base=self._next_tag(), average=average,
                              chunk_bytes=self.chunk_bytes, window=self.window, wire_dtype=wire,
                              scratch=scratch)
+
+    def _next_tag(self) -> int:
+        tag_base = (self._seq % self._tag_slots) * self._tag_span
+        self._seq += 1
+        return tag_base
+
+    def _shm(self, tensor, average, phase, wire, scratch) -> ShmCollective:
+        tag = 0
+        if self.cross is not None:
+            span = max(2 * (self.cross.Get_size() - 1), 1)
+            tag = (self._cross_seq % max(1, self._tag_slots * self._tag_span // span)) * span
+            self._cross_seq += 1
+        previous = self._last_shm if self._last_shm is not None and not self._last_shm.done else None
+        self._last_shm = ShmCollective(self.buffers, tensor, phase=phase, average=average, total=self.size,
+                                       cross=self.cross, cross_tag=tag, cross_wire=wire,
+                                       chunk_bytes=self.chunk_bytes, scratch=scratch, after=previous)
+        return self._last_shm
 
     def _wait_for(self, handle: Handle) -> None:
         if len(self._active) == 1 and self._active[0] is handle:
@@ -257,18 +331,20 @@ class AllReducer:
                     break
 
     def measure_crossover(self, sizes=PROBE_BYTES, reps: int = 7) -> int:
-        """Time ring and MPI on this communicator (alternating, median of ``reps``, the
-        slowest rank's time counts) and return the threshold that loses least over the
-        probed sizes: the sum of log(time of the chosen algorithm / time of the faster one)
-        is minimal, so one noisy probe cannot move the crossover far."""
+        """Time MPI and the large-message path (shared memory if available, else the
+        ring) on this communicator (alternating, median of ``reps``, the slowest rank's
+        time counts) and return the threshold that loses least over the probed sizes:
+        the sum of log(time of the chosen algorithm / time of the faster one) is
+        minimal, so one noisy probe cannot move the crossover far."""
         times = np.zeros((2, len(sizes), reps))
-        buf = torch.zeros(max(sizes) // 4, dtype=torch.float32)
+        large = "shm" if self.buffers is not None else "ring"
+        buf = self.empty(max(sizes) // 4, torch.float32)
         saved, scratch = self.algorithm, self._scratch_free[0]
         try:
             for i, nbytes in enumerate(sizes):
                 t = buf[:nbytes // 4]
                 for rep in range(-1, reps):          # rep -1 warms up
-                    for k, algo in enumerate(("mpi", "ring")):
+                    for k, algo in enumerate(("mpi", large)):
                         self.algorithm = algo
                         self.comm.Barrier()
                         t0 = time.perf_counter()
@@ -277,6 +353,7 @@ class AllReducer:
                             times[k, i, rep] = time.perf_counter() - t0
         finally:
             self.algorithm = saved
+        self.release(buf)
         self.comm.Allreduce(MPI.IN_PLACE, times, op=MPI.MAX)
         return crossover_from_times(sizes, np.median(times[0], axis=1), np.median(times[1], axis=1))
 

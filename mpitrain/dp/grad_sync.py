@@ -66,8 +66,9 @@ class Bucket:
         return self.numel * self.buffer.element_size()
 
 
-def plan_buckets(ordered_params, bucket_bytes: int, first_bucket_bytes: int) -> list[Bucket]:
-    """Group (name, param) pairs, in the given order, into dtype-uniform buckets."""
+def plan_buckets(ordered_params, bucket_bytes: int, first_bucket_bytes: int, empty=None) -> list[Bucket]:
+    """Group (name, param) pairs, in the given order, into dtype-uniform buckets whose
+    buffers come from ``empty(numel, dtype)`` (zeroed host tensors by default)."""
     buckets: list[Bucket] = []
     current: dict = {}
     for name, p in ordered_params:
@@ -82,7 +83,10 @@ def plan_buckets(ordered_params, bucket_bytes: int, first_bucket_bytes: int) -> 
         bucket.params.append((name, p, bucket.numel))
         bucket.numel += p.numel()
     for b in buckets:
-        b.buffer = torch.zeros(b.numel, dtype=b.dtype, device=b.device)
+        if empty is not None and b.device.type == "cpu":
+            b.buffer = empty(b.numel, b.dtype)
+        else:
+            b.buffer = torch.zeros(b.numel, dtype=b.dtype, device=b.device)
     return buckets
 
 
@@ -104,11 +108,12 @@ class GradientAverager:
         self.average = average
         self.check_identical()
         self.bucket_bytes, self.first_bucket_bytes = bucket_bytes, first_bucket_bytes
+        kwargs = {} if chunk_bytes is None else {"chunk_bytes": chunk_bytes}
+        self.reducer = AllReducer(comm, algorithm, crossover_bytes, compress, check=False, **kwargs)
+        self.buckets: list[Bucket] = []
         self._layout(list(reversed(self.named_params)))
         self.reduce_scatter = reduce_scatter
         self._arrival: list[int] | None = None if reduce_scatter else []
-        kwargs = {} if chunk_bytes is None else {"chunk_bytes": chunk_bytes}
-        self.reducer = AllReducer(comm, algorithm, crossover_bytes, compress, check=False, **kwargs)
         if progress not in ("thread", "hooks"):
             raise UsageError(f"GradientAverager: progress={progress!r} is unknown; use 'thread' or 'hooks'")
         self._lock = threading.Lock()
@@ -122,7 +127,10 @@ class GradientAverager:
 
     # -- setup ------------------------------------------------------------
     def _layout(self, ordered_params) -> None:
-        self.buckets = plan_buckets(ordered_params, self.bucket_bytes, self.first_bucket_bytes)
+        """Buckets in this order; their buffers are in shared memory when the reducer
+        reduces through it (``p.grad`` then is a view of that memory)."""
+        self.buckets = plan_buckets(ordered_params, self.bucket_bytes, self.first_bucket_bytes,
+                                    self.reducer.empty)
         self._slot: dict[int, tuple[Bucket, int]] = {}
         for b in self.buckets:
             for _, p, off in b.params:
@@ -139,12 +147,15 @@ class GradientAverager:
         ordered = [self.named_params[i] for i in list(order) + rest]
         if [index[id(p)] for _, p in ordered] == [index[id(p)] for b in self.buckets for _, p, _ in b.params]:
             return
+        old = self.buckets
         self._layout(ordered)
         self.timings["buckets"] = len(self.buckets)
         with torch.no_grad():
             for _, p in self.named_params:
                 if p.grad is not None:
                     self._place(p)
+        for b in old:
+            self.reducer.release(b.buffer)
 
     def check_identical(self) -> None:
         """UsageError on every rank unless all replicas have the same names, shapes and dtypes."""
@@ -273,4 +284,8 @@ class GradientAverager:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+        with torch.no_grad():  # gradients leave the buckets' (possibly shared) memory before it is freed
+            for _, p in self.named_params:
+                if p.grad is not None:
+                    p.grad = p.grad.clone()
         self.reducer.close()
