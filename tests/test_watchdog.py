@@ -110,14 +110,15 @@ def test_nan_on_one_rank_is_agreed_by_all(tmp_path, mode):
 
 
 def test_fault_injection_suite_short(tmp_path):
-    """A few trials of benchmarks/faults.py: no hang, every exit within 30 s of the
-    fault, no unloadable checkpoint."""
+    """Two trials of benchmarks/faults.py (seed 7: SIGKILL in a pipeline exchange on
+    pp2, SIGSTOP in the gradient all-reduce on dp2): no hang, every exit within 30 s
+    of the fault, no unloadable checkpoint."""
     out = tmp_path / "faults.json"
-    result = subprocess.run([sys.executable, "benchmarks/faults.py", "--trials", "3", "--seed", "2",
+    result = subprocess.run([sys.executable, "benchmarks/faults.py", "--trials", "2", "--seed", "7",
                              "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     rows = json.loads(out.read_text())
-    assert len(rows) == 3 and all(r["fired"] and not r["hung"] for r in rows)
+    assert len(rows) == 2 and all(r["fired"] and not r["hung"] for r in rows)
     assert {r["signal"] for r in rows} == {"KILL", "STOP"}
 
 

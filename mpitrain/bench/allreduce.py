@@ -3,9 +3,12 @@
     mpirun -n N python -m mpitrain bench allreduce [--sizes 4KiB,1MiB,64MiB] [--dtype float32]
                                                    [--iters 10] [--json FILE]
 
-For every size, in the same run and on the same ranks: ``ring`` (mpitrain's ring),
-``auto`` (ring or MPI by the crossover measured at start-up), ``mpi``
-(MPI_Allreduce) and ``gloo`` (torch.distributed all_reduce). The algorithms take
+For every size, in the same run and on the same ranks: ``shm`` (mpitrain's
+shared-memory all-reduce on a buffer from ``AllReducer.empty``, as gradient
+buckets are; hierarchical when the ranks span nodes), ``ring`` (mpitrain's ring),
+``auto`` (MPI below the crossover measured at start-up, shm or ring above it, on a
+shared buffer), ``mpi`` (MPI_Allreduce) and ``gloo`` (torch.distributed all_reduce).
+``shm`` is left out when no two ranks share a node. The algorithms take
 turns iteration by iteration, in a shuffled order, so background load and
 after-effects of the previous operation hit all of them alike. Per
 iteration the slowest rank's time counts; the table shows the median and the
@@ -35,11 +38,12 @@ from mpitrain.comm.allreduce import AllReducer
 from mpitrain.comm.ring import DEFAULT_CHUNK_BYTES
 from mpitrain.errors import UsageError
 
-HELP = "all-reduce: mpitrain ring / auto vs MPI_Allreduce vs gloo"
+HELP = "all-reduce: mpitrain shm / ring / auto vs MPI_Allreduce vs gloo"
 DEFAULT_SIZES = "4KiB,16KiB,64KiB,256KiB,1MiB,4MiB,16MiB,64MiB,256MiB"
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
           "bfloat16": torch.bfloat16}
-ALGOS = ("ring", "auto", "mpi", "gloo")
+ALGOS = ("shm", "ring", "auto", "mpi", "gloo")
+SHARED = ("shm", "auto")          # their tensors live in the reducer's shared memory
 _UNITS = {"": 1, "b": 1, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30,
           "kb": 1000, "mb": 1000 ** 2, "gb": 1000 ** 3, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 
@@ -64,7 +68,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--iters", type=int, default=20,
                         help="timed iterations per size and algorithm (5x that below 1 MiB)")
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--algos", default=",".join(ALGOS), help="subset of ring,auto,mpi,gloo")
+    parser.add_argument("--algos", default=",".join(ALGOS), help="subset of shm,ring,auto,mpi,gloo")
     parser.add_argument("--chunk-bytes", type=int, default=DEFAULT_CHUNK_BYTES, help="ring chunk size")
     parser.add_argument("--crossover-bytes", type=int, default=None,
                         help="auto's ring/mpi crossover (default: measured at start-up)")
@@ -131,6 +135,12 @@ def run(args) -> int:
     if "auto" in algos:
         reducers["auto"] = AllReducer(comm, "auto", crossover_bytes=args.crossover_bytes,
                                       chunk_bytes=args.chunk_bytes, check=False)
+    if "shm" in algos:
+        reducers["shm"] = AllReducer(comm, "auto", crossover_bytes=0, chunk_bytes=args.chunk_bytes, check=False)
+        if reducers["shm"].buffers is None:
+            algos.remove("shm")
+            if rank == 0:
+                print("# shm: no two ranks share a node; left out", flush=True)
     dist = init_gloo(comm) if "gloo" in algos else None
     ref = memcpy_gbps() if rank == 0 else 0.0
     idle_barrier(comm)
@@ -148,22 +158,28 @@ def run(args) -> int:
         if "auto" in reducers:
             print(f"# auto crossover: {format_size(reducers['auto'].crossover_bytes)}"
                   f" ({'given' if args.crossover_bytes is not None else 'measured'})", flush=True)
+        if "shm" in algos:
+            red = reducers["shm"]
+            nodes = 1 if red.cross is None else red.cross.Get_size()
+            print(f"# shm: {red.local_size} ranks per node, {nodes} node(s)"
+                  f"{': hierarchical (ring between nodes)' if nodes > 1 else ''}", flush=True)
         print(f"# memcpy (1 core, rank 0): {ref:.2f} GB/s", flush=True)
         print(f"{'size':>8} {'algo':>5} {'time_us':>11} {'min_us':>11} {'algbw':>7} {'busbw':>7}"
               f" {'busbw_max':>9}", flush=True)
     for nbytes in sizes:
         numel = max(1, nbytes // esize)
-        tensor = torch.ones(numel, dtype=dtype)
+        plain = torch.ones(numel, dtype=dtype)
+        tensors = {a: reducers[a].empty(numel, dtype) if a in SHARED else plain for a in algos}
         times = {a: [] for a in algos}
         iters = args.iters * (5 if nbytes < (1 << 20) else 1)   # microsecond runs are noisier
         for it in range(args.warmup + iters):
             order = list(algos)
             random.Random(it).shuffle(order)      # same order on every rank
             for algo in order:
-                tensor.fill_(1)
+                tensors[algo].fill_(1)
                 comm.Barrier()
                 t0 = time.perf_counter()
-                one(algo, tensor)
+                one(algo, tensors[algo])
                 dt = time.perf_counter() - t0
                 if it >= args.warmup:
                     times[algo].append(dt)
@@ -179,7 +195,10 @@ def run(args) -> int:
             if rank == 0:
                 print(f"{format_size(nb):>8} {algo:>5} {med * 1e6:11.1f} {best * 1e6:11.1f} {algbw:7.2f}"
                       f" {busbw:7.2f} {nb / best / 1e9 * 2 * (n - 1) / n:9.2f}", flush=True)
-        del tensor
+        for a in SHARED:
+            if a in tensors:
+                reducers[a].release(tensors[a])
+        del tensors, plain
     if rank == 0:
         rows.append({"algo": "memcpy", "bytes": 64 << 20, "ranks": 1, "dtype": "uint8",
                      "seconds": (64 << 20) / ref / 1e9, "algbw_gbps": ref, "busbw_gbps": ref})
@@ -200,15 +219,18 @@ def summarize(rows, memcpy: float) -> None:
     print("# summary (ratios of medians)")
     for nbytes in sorted({r["bytes"] for r in rows if r["algo"] != "memcpy"}):
         parts = []
-        ring = by.get(("ring", nbytes))
+        ring, shm = by.get(("ring", nbytes)), by.get(("shm", nbytes))
+        if shm and ring:
+            parts.append(f"shm/ring {shm['algbw_gbps'] / ring['algbw_gbps']:.2f}x")
         for other in ("mpi", "gloo"):
             o = by.get((other, nbytes))
             if ring and o:
                 parts.append(f"ring/{other} {ring['algbw_gbps'] / o['algbw_gbps']:.2f}x")
         auto = by.get(("auto", nbytes))
-        rivals = [by[(a, nbytes)]["algbw_gbps"] for a in ("ring", "mpi") if (a, nbytes) in by]
+        rivals = {a: by[(a, nbytes)]["algbw_gbps"] for a in ("shm", "ring", "mpi") if (a, nbytes) in by}
         if auto and rivals:
-            parts.append(f"auto/best(ring,mpi) {auto['algbw_gbps'] / max(rivals):.2f}")
-        if ring and ring["ranks"] > 1:
-            parts.append(f"ring busbw/memcpy {ring['busbw_gbps'] / memcpy:.0%}")
+            parts.append(f"auto/best({','.join(rivals)}) {auto['algbw_gbps'] / max(rivals.values()):.2f}")
+        for name, row in (("shm", shm), ("ring", ring)):
+            if row and row["ranks"] > 1:
+                parts.append(f"{name} busbw/memcpy {row['busbw_gbps'] / memcpy:.0%}")
         print(f"# {format_size(nbytes):>8}: " + ", ".join(parts), flush=True)

@@ -59,7 +59,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--layers", type=int, default=6)
     parser.add_argument("--hidden", type=int, default=384)
     parser.add_argument("--bucket-mb", type=float, default=25.0)
-    parser.add_argument("--algorithm", default="auto", choices=["auto", "ring", "mpi"])
+    parser.add_argument("--algorithm", default="auto", choices=["auto", "shm", "ring", "mpi"])
     parser.add_argument("--compress", default=None, choices=["fp16", "bf16"])
     parser.add_argument("--progress", default="thread", choices=["thread", "hooks"],
                         help="how transfers advance during backward")
@@ -73,14 +73,17 @@ def make_batches(args, rank: int, count: int):
 
 
 def train_steps(model, opt, batches, averager=None) -> float:
-    """Run the steps; returns wall seconds (all ranks synchronised before and after)."""
+    """Run the steps; returns wall seconds (all ranks synchronised before and after).
+    With ``averager`` (which sums, as the trainer's does) each replica's loss is
+    divided by the number of replicas, so the sum is DDP's mean gradient."""
     comm = MPI.COMM_WORLD
+    scale = 1.0 / comm.Get_size() if averager is not None else 1.0
     comm.Barrier()
     t0 = time.perf_counter()
     for ids, labels in batches:
         opt.zero_grad(set_to_none=False)
         logits = model(ids)
-        F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)).backward()
+        (F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)) * scale).backward()
         if averager is not None:
             averager.wait()
         opt.step()
@@ -96,7 +99,7 @@ def standalone_comm(averager: GradientAverager, reps: int = 2) -> float:
         comm.Barrier()
         t0 = time.perf_counter()
         with averager._lock:
-            handles = [averager.reducer.iallreduce_(b.buffer, average=True) for b in averager.buckets]
+            handles = [averager.reducer.iallreduce_(b.buffer) for b in averager.buckets]
             for h in handles:
                 h.wait()
         times.append(time.perf_counter() - t0)
@@ -122,7 +125,7 @@ def run(args) -> int:
     bucket = int(args.bucket_mb * 2**20)
     averager = GradientAverager(list(ours.named_parameters()), comm, bucket_bytes=bucket,
                                 algorithm=args.algorithm, compress=args.compress,
-                                progress=args.progress)
+                                progress=args.progress, average=False)
     averager.broadcast_parameters()
     ddp = DistributedDataParallel(theirs, bucket_cap_mb=args.bucket_mb)
     opt_ours = torch.optim.AdamW(ours.parameters(), lr=1e-4)
