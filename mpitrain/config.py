@@ -62,6 +62,10 @@ class CommSection:
     first_bucket_mb: float = opt(1.0, "size of the first (earliest launched) bucket in MiB", min=0.001)
     compress: str = opt("none", "wire format for gradients: none | fp16 | bf16",
                         choices=("none", "fp16", "bf16"))
+    zero: int = opt(0, "1 = ZeRO-1: gradients are reduce-scattered and each data-parallel replica keeps "
+                       "and steps the optimizer state of its 1/dp of every bucket, then the updated "
+                       "parameters are all-gathered; 0 = every replica steps a whole optimizer (with "
+                       "dp = 1 both are the same)", choices=(0, 1))
 
 
 @dataclass

@@ -179,6 +179,9 @@ def _check_cross(cfg: JobConfig) -> None:
     if p.partition != "cuts" and p.cuts:
         raise ConfigError(f"{where}: [pipeline] cuts is set but partition = '{p.partition}'; "
                           f"set partition = 'cuts' or remove cuts")
+    if cfg.comm.zero and cfg.train.precision == "fp16":
+        raise ConfigError(f"{where}: [comm] zero = 1 does not support [train] precision = fp16 (loss scaling "
+                          "unscales whole gradients); use precision = bf16 or fp32, or zero = 0")
     if cfg.pipeline.microbatches and cfg.pipeline.microbatches < cfg.grid.pp:
         raise ConfigError(f"{where}: [pipeline] microbatches = {p.microbatches} is fewer than the "
                           f"{cfg.grid.pp} stages; use at least {cfg.grid.pp}")

@@ -26,10 +26,23 @@ def describe_stages(cfg) -> list[str]:
     head = f"model: {model.description + ', ' if model.description else ''}{total:,} parameters"
     if model.tied:
         head += f"; tied: {', '.join(' = '.join(g) for g in model.tied)}"
-    lines = [head + note, part.plan()]
+    lines = [head + note, part.plan(), optimizer_state_line(cfg, part.stage_params())]
     if cfg.grid.tp > 1:
         lines += shard_lines(model.layers, part, cfg.grid.tp)
     return lines
+
+
+def optimizer_state_line(cfg, stage_params: list[int]) -> str:
+    """The optimizer state each rank holds, per stage (fp32 parameters), and whether
+    ZeRO-1 shards it over the data-parallel group."""
+    t, g = cfg.train, cfg.grid
+    values = {"adamw": 2, "sgd": 1 if t.momentum else 0}.get(t.optimizer, 0)
+    zero = cfg.comm.zero == 1 and g.dp > 1
+    share = g.tp * (g.dp if zero else 1)
+    per = ", ".join(f"stage {s} {values * 4 * n / share / 2**20:.2f} MiB" for s, n in enumerate(stage_params))
+    how = f"zero 1: sharded over dp {g.dp}" if zero else "zero 0: whole on every replica"
+    about = "about " if g.tp > 1 else ""  # parameters replicated in the tensor group are not divided by tp
+    return f"optimizer state per rank ({t.optimizer}, {values} fp32 values per parameter; {how}): {about}{per}"
 
 
 class _PlanComm:

@@ -55,9 +55,16 @@ def test_submit_runs_the_default_job(tmp_path):
     assert "dp 2 x pp 2" in log_text(run_dir)
 
 
-def requeue_and_compare(tmp_path, prep, signal, submit_args=()):
-    straight, run_dir = tmp_path / "straight", tmp_path / "slurm"
-    train(2, JOB, straight, prep, LONG)
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, prep):
+    """The uninterrupted run the requeued ones must equal (shared by those tests)."""
+    run_dir = tmp_path_factory.mktemp("straight") / "run"
+    train(2, JOB, run_dir, prep, LONG)
+    return run_dir
+
+
+def requeue_and_compare(tmp_path, prep, straight, signal, submit_args=()):
+    run_dir = tmp_path / "slurm"
     job = submit([JOB, *submit_args, *sets(run_dir, prep, LONG)])
     wait_for(lambda: steps_logged(run_dir) >= 8, 180, "training to reach step 8")
     signal(job, run_dir)
@@ -70,20 +77,20 @@ def requeue_and_compare(tmp_path, prep, signal, submit_args=()):
 
 
 @needs_slurm
-def test_warning_signal_checkpoints_requeues_and_resumes_bitwise(tmp_path, prep):
-    requeue_and_compare(tmp_path, prep, lambda job, run_dir: signal_job(job))
+def test_warning_signal_checkpoints_requeues_and_resumes_bitwise(tmp_path, prep, straight):
+    requeue_and_compare(tmp_path, prep, straight, lambda job, run_dir: signal_job(job))
 
 
 @needs_slurm
-def test_signal_to_one_rank_only_stops_all_of_them(tmp_path, prep):
-    requeue_and_compare(tmp_path, prep, lambda job, run_dir: signal_rank(run_dir, 1))
+def test_signal_to_one_rank_only_stops_all_of_them(tmp_path, prep, straight):
+    requeue_and_compare(tmp_path, prep, straight, lambda job, run_dir: signal_rank(run_dir, 1))
 
 
 @needs_slurm
-def test_mpirun_launcher_gets_the_warning_through_the_batch_shell(tmp_path, prep):
+def test_mpirun_launcher_gets_the_warning_through_the_batch_shell(tmp_path, prep, straight):
     def to_batch_shell(job, run_dir):
         subprocess.run(["scancel", "--batch", "--signal=USR2", job], check=True, timeout=30)
-    requeue_and_compare(tmp_path, prep, to_batch_shell, ["--launcher", "mpirun"])
+    requeue_and_compare(tmp_path, prep, straight, to_batch_shell, ["--launcher", "mpirun"])
 
 
 @needs_slurm

@@ -161,10 +161,12 @@ class PipelineEngine:
                 raise
             self._abort(exc)
 
-    def clip_grad_norm_(self, max_norm: float) -> float:
-        """Global gradient-norm clipping over the whole pipeline (collective on pp_comm)."""
+    def clip_grad_norm_(self, max_norm: float, grads: dict | None = None, dp_comm=None) -> float:
+        """Global gradient-norm clipping over the whole pipeline (collective on pp_comm).
+        `grads` and `dp_comm` (ZeRO-1): the part of each gradient this replica holds
+        reduced ({id(parameter): tensor}), the norm summed over the data-parallel group."""
         exclude = self.tied.duplicates() if self.tied else set()
-        return clip_grad_norm_(self.parameters(), max_norm, self.comm, exclude, self.tp_comm)
+        return clip_grad_norm_(self.parameters(), max_norm, self.comm, exclude, self.tp_comm, dp_comm, grads)
 
     # -- execution ---------------------------------------------------------------------------
     def _step(self, microbatches, normalizer):

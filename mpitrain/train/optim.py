@@ -35,12 +35,17 @@ def make_adamw(named_params, lr: float, weight_decay: float, betas=(0.9, 0.999),
 
 def make_optimizer(named_params, train_cfg) -> torch.optim.Optimizer:
     """The optimizer a job's [train] section asks for, over (global name, parameter) pairs."""
+    return optimizer_over(decay_groups(named_params, train_cfg.weight_decay), train_cfg)
+
+
+def optimizer_over(groups: list[dict], train_cfg) -> torch.optim.Optimizer:
+    """The [train] section's optimizer over given parameter groups (each with its
+    `weight_decay`; a group may be empty)."""
     t = train_cfg
     if t.optimizer == "adamw":
-        return make_adamw(named_params, t.lr, t.weight_decay, t.betas, t.eps)
+        return torch.optim.AdamW(groups, lr=t.lr, betas=tuple(t.betas), eps=t.eps, foreach=True)
     if t.optimizer == "sgd":
-        return torch.optim.SGD(decay_groups(named_params, t.weight_decay), lr=t.lr, momentum=t.momentum,
-                               foreach=True)
+        return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, foreach=True)
     raise UsageError(f"[train] optimizer = {t.optimizer!r}; use one of {', '.join(OPTIMIZERS)}")
 
 

@@ -25,7 +25,7 @@ class ParallelModel:
                  recompute: bool = False, scaler=None):
         """`partition`: a method name or a list of cut points; `sample`: the first
         layer's input tuple (for partition = 'profile'); `comm_cfg`: the job's
-        [comm] section (bucket sizes, algorithm, compression; None = defaults);
+        [comm] section (bucket sizes, algorithm, compression, zero; None = defaults);
         `tied`: groups of global parameter names that are one weight;
         `dropout`: "invariant" (masks a function of seed, step, layer, sample and
         position: every layout draws the same) or "torch" (torch's RNG);
@@ -55,6 +55,7 @@ class ParallelModel:
             loss.bind(ctx)
         named = list(self.stage.global_named_parameters())
         self.averager = None
+        self.shards = None  # ZeRO-1: the gradient segments this replica steps (dp/zero.py)
         if topo.grid.dp > 1:
             c = comm_cfg if comm_cfg is not None else CommSection()
             # each replica's loss is divided by the loss terms of the global batch, so the
@@ -63,10 +64,15 @@ class ParallelModel:
                 named, topo.dp_comm,
                 bucket_bytes=int(c.bucket_mb * 2**20), first_bucket_bytes=int(c.first_bucket_mb * 2**20),
                 algorithm=c.algorithm, crossover_bytes=c.crossover_bytes or None,
-                compress=None if c.compress == "none" else c.compress, average=False)
+                compress=None if c.compress == "none" else c.compress, average=False,
+                reduce_scatter=c.zero == 1)
             self.averager.broadcast_parameters()
+            if c.zero == 1:
+                from ..dp.zero import ShardedGradients
+
+                self.shards = ShardedGradients(self.averager, [n for g in self.tied for n in g])
         self.engine = PipelineEngine(self.stage, topo.pp_comm, loss if self.stage.is_last else None,
-                                     schedule, grad_sync=self.averager, grad_scale=1,
+                                     schedule, grad_sync=self.shards or self.averager, grad_scale=1,
                                      tied=list(tied), partition=self.partition)
         if topo.grid.tp > 1:
             self.engine.tp_comm = topo.tp_comm
@@ -106,6 +112,8 @@ class ParallelModel:
             yield
 
     def clip_grad_norm_(self, max_norm: float) -> float:
+        if self.shards is not None:  # ZeRO-1: this replica's reduced segments, squares summed over dp
+            return self.engine.clip_grad_norm_(max_norm, grads=self.shards.grads(), dp_comm=self.topo.dp_comm)
         return self.engine.clip_grad_norm_(max_norm)
 
     def predict(self, microbatches, collect) -> list:

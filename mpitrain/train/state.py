@@ -1,6 +1,7 @@
 """The Trainer's state as a plain dict, with optimizer state under global
 parameter names (never positions), so a later run can restore it on any layout:
-each rank contributes the entries of the parameters it holds.
+each rank contributes the entries of the parameters it holds (with ZeRO-1 the
+whole state of each, gathered over its data-parallel group: `dp/zero.py`).
 
     {"step": int, "epoch": int, "step_in_epoch": int,
      "optimizer": {"param_groups": [{...hyper-parameters, "params": [global names]}],
@@ -17,6 +18,8 @@ from ..errors import UsageError
 def optimizer_state(optimizer: torch.optim.Optimizer, named_params, copy: bool = True) -> dict:
     """`optimizer.state_dict()` with parameter positions replaced by global names
     (`copy=False`: the live state tensors, for a caller that copies them itself)."""
+    if hasattr(optimizer, "named_state"):  # ZeRO-1: gathered over the data-parallel group (collective)
+        return optimizer.named_state()
     name_of = {id(p): n for n, p in named_params}
     groups, state = [], {}
     for group in optimizer.param_groups:
@@ -33,6 +36,9 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, named_params, saved: 
     """Restore `optimizer_state` output (entries of parameters not held here are ignored;
     every parameter held here must be present). `copy=False` adopts the given CPU
     tensors instead of copying them."""
+    if hasattr(optimizer, "load_named_state"):  # ZeRO-1: this replica's segments of each state
+        optimizer.load_named_state(saved)
+        return
     name_of = {id(p): n for n, p in named_params}
     by_name = {n: g for g in saved["param_groups"] for n in g["params"]}
     for group in optimizer.param_groups:
@@ -44,6 +50,12 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, named_params, saved: 
             group.update({k: v for k, v in by_name[name].items() if k != "params"})
             if name in saved["state"]:
                 optimizer.state[p] = {k: _placed(v, p.device, copy) for k, v in saved["state"][name].items()}
+
+
+def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """Bytes of the state tensors this rank's optimizer holds (with ZeRO-1, its shard)."""
+    return sum(v.numel() * v.element_size() for st in optimizer.state.values() for v in st.values()
+               if torch.is_tensor(v))
 
 
 def _placed(value, device, copy: bool = True):

@@ -26,7 +26,7 @@ from ..task import Model, run_user_code
 from ..watchdog import Watchdog
 from .loop import Sums, run_epoch
 from .metrics import MetricsSink, numbers
-from .optim import make_optimizer, make_schedule
+from .optim import decay_groups, make_optimizer, make_schedule, optimizer_over
 from .parallel import ParallelModel
 from .run_dir import choose_run_dir, create_run_dir, mark_finished
 from .state import load_optimizer_state, optimizer_state
@@ -94,7 +94,7 @@ class Trainer:
         self.steps_per_epoch = steps_per_epoch(len(self.train_set), t.global_batch, t.tail)
         total = self.steps_per_epoch * t.epochs
         self.total_steps = min(total, t.max_steps) if t.max_steps else total
-        self.optimizer = make_optimizer(self.model.named_parameters(), t)
+        self.optimizer = self._make_optimizer()
         self.scheduler = make_schedule(self.optimizer, t.schedule, self.total_steps,
                                        int(round(t.warmup * self.total_steps)))
         self.metrics = MetricsSink(self.run_dir, topo.rank if training else -1)
@@ -186,6 +186,9 @@ class Trainer:
 
         cfg, topo, spec = self.cfg, self.topo, self.spec
         precision.check_device(cfg, topo.device)  # fp16 needs CUDA: a one-line error, exit 2
+        if cfg.comm.zero and topo.grid.dp > 1 and torch.device(topo.device).type != "cpu":
+            raise ConfigError(f"{cfg.source}: [comm] zero = 1 runs its reduce-scatter and all-gather on host "
+                              f"memory, not on {topo.device}; use zero = 0 or runtime.device = \"cpu\"")
         method = list(cfg.pipeline.cuts) if cfg.pipeline.partition == "cuts" else cfg.pipeline.partition
         sample = spec.sample
         if sample is None and method == "profile":
@@ -201,6 +204,27 @@ class Trainer:
                 self.log.info(f"model: {spec.description}")
             self.log.info(model.partition.plan())
         return model
+
+    def _make_optimizer(self):
+        """The job's optimizer; with [comm] zero = 1 (and dp > 1) its state sharded over
+        the data-parallel group (`dp/zero.py`)."""
+        t, model = self.cfg.train, self.model
+        if model.shards is None:
+            return make_optimizer(model.named_parameters(), t)
+        from ..dp.zero import ZeroOptimizer
+
+        named = model.named_parameters()
+        optimizer = ZeroOptimizer(model.shards, named, decay_groups(named, t.weight_decay),
+                                  lambda groups: optimizer_over(groups, t))
+        owned = self.topo.world.gather(optimizer.owned_numel(), root=0)
+        if self.topo.rank == 0:
+            per_value = {"adamw": 2, "sgd": 1 if t.momentum else 0}[t.optimizer]
+            least, most = min(owned), max(owned)
+            self.log.info(f"zero 1: optimizer state sharded over dp {self.topo.grid.dp}: each rank holds the "
+                          f"{t.optimizer} state of {least:,}..{most:,} parameter values "
+                          f"({per_value * 4 * least / 2**20:.2f}..{per_value * 4 * most / 2**20:.2f} MiB "
+                          "in fp32)")
+        return optimizer
 
     # -- the run ------------------------------------------------------------------------------
     def fit(self) -> dict | None:
