@@ -15,18 +15,23 @@ One collective on a buffer of ``S`` bytes over ``L`` local ranks (phases as in
 3. across nodes (``cross`` communicator: the ranks with the same local rank,
    one per node): our ring all-reduce (or its reduce-scatter / all-gather phase)
    of that segment;
-4. barrier B: every owner is done;
-5. gather: each rank copies the other owners' segments from their buffers;
-6. barrier C: nobody reads this rank's buffer any more (so it may be changed).
+4. push: the owner writes its reduced segment into every local buffer (not for
+   a reduce-scatter); within one node steps 2 and 4 run block by block, so each
+   block is still in cache when it is written out;
+5. barrier C: every push is done, and nobody reads this rank's buffer any more.
+
+Ranks touch disjoint segments between the barriers, so no other synchronisation
+is needed.
 
 Within one node the additions follow the ring's order exactly (segment ``s`` is
 ``x[s] + x[s+1] + ... + x[s-1]`` folded left, the owner's own value last), so the
 shared-memory path gives the same bits as the ring on any number of ranks. Across
 nodes the order is node sums first, then the ring over nodes: the same bits on
 every rank and run to run, equal to the flat ring's wherever the sums are exact.
-For two local ranks a reduction reads ``S`` bytes and writes ``S/2`` per rank,
-and the gather copies ``S/2``: about 2.5 S of memory traffic, against about 5.5 S
-through MPI messages.
+Per rank, an all-reduce within a node reads ``S`` bytes and writes ``S`` (each
+block read once, written once into every buffer): about 2 S of memory traffic,
+against about 5.5 S through MPI messages and 3 S for reduce-then-gather (whose
+copies also read their destination before writing it).
 
 Synchronisation is ``MPI_Ibarrier`` on the node-local communicator with
 ``MPI_Win_sync`` on each side (the portable way for the unified memory model);
@@ -44,7 +49,7 @@ from mpitrain.comm import waits
 from mpitrain.comm.ring import RingAllreduce, owned_segment, segment_bounds
 from mpitrain.errors import UsageError
 
-FOLD_CHUNK = 1 << 16   # elements per block when folding three or more buffers (cache-sized)
+BLOCK_BYTES = 1 << 20   # blocks (L2-sized) stay in cache between the sum and the writes
 
 
 class SharedBuffers:
@@ -111,22 +116,23 @@ class SharedBuffers:
 
 def fold_into(own: torch.Tensor, others: list[torch.Tensor], scratch: torch.Tensor | None) -> None:
     """own <- others[0] + others[1] + ... + own, folded left (the ring's order)."""
-    if not others:
-        return
     if len(others) == 1:
         own.add_(others[0])
-        return
-    for a in range(0, own.numel(), FOLD_CHUNK):
-        b = min(a + FOLD_CHUNK, own.numel())
-        acc = scratch[:b - a]
-        torch.add(others[1][a:b], others[0][a:b], out=acc)
+    elif others:
+        acc = scratch[:own.numel()]
+        torch.add(others[1], others[0], out=acc)
         for x in others[2:]:
-            acc.add_(x[a:b])
-        own[a:b].add_(acc)
+            acc.add_(x)
+        own.add_(acc)
 
 
 class ShmCollective:
-    """One shared-memory (and, with ``cross``, hierarchical) collective in flight."""
+    """One shared-memory (and, with ``cross``, hierarchical) collective in flight.
+
+    Stages: ``queued`` (until ``after`` is done), ``A`` (barrier: every buffer is
+    ready), ``work`` (reduce this rank's segment; within one node also push it),
+    ``ring`` (across nodes), ``C`` (barrier: every push is done).
+    """
 
     def __init__(self, buffers: SharedBuffers, tensor: torch.Tensor, *, phase: str = "all",
                  average: bool = False, total: int | None = None, cross=None, cross_tag: int = 0,
@@ -142,17 +148,15 @@ class ShmCollective:
         self.total = total or self.L
         self.bounds = segment_bounds(tensor.numel(), self.L)
         self.seg = owned_segment(self.l, self.L) if self.L > 1 else 0
-        self.cross, self.cross_tag, self.cross_wire = cross, cross_tag, cross_wire
+        self.cross = cross if cross is not None and cross.Get_size() > 1 else None
+        self.cross_tag, self.cross_wire = cross_tag, cross_wire
         self.chunk_bytes, self.scratch = chunk_bytes, scratch
+        self.block = max(1, BLOCK_BYTES // tensor.element_size())
         self.ring = None
         self.stage = "queued"
         self.done = False
         self.after = after          # the previous operation on these buffers; we start when it is done
         self.request = None
-
-    def _start(self) -> None:
-        self.after = None
-        self.stage, self.request = "A", self._barrier()
 
     def _barrier(self):
         self.win.Sync()
@@ -162,53 +166,59 @@ class ShmCollective:
         a, b = self.bounds[s]
         return rank_buffer[a:b]
 
-    def _reduce(self) -> None:
+    def _work(self, reduce: bool, push: bool) -> None:
+        """Block by block (cache-sized): fold this rank's segment of every local buffer
+        into its own (the ring's order), divide for a mean, and write the result into
+        every local buffer. Each block is read from memory once and written once per
+        buffer: about 2 S of memory traffic per rank for the whole all-reduce."""
         s = self.seg
-        others = [self._segment(self.peers[(s + k) % self.L], s) for k in range(self.L - 1)]  # s, s+1, ..., l-1
         own = self._segment(self.own, s)
+        order = [self._segment(self.peers[(s + k) % self.L], s) for k in range(self.L - 1)]  # s, ..., l-1
+        dests = [self._segment(self.peers[q], s) for q in range(self.L) if q != self.l]
         tmp = None
-        if len(others) > 1:
-            tmp = self.scratch.get(("fold",), min(own.numel(), FOLD_CHUNK), own.dtype, own.device)
-        fold_into(own, others, tmp)
-
-    def _start_cross(self) -> None:
-        if self.cross is None or self.cross.Get_size() == 1:
-            return
-        own = self._segment(self.own, self.seg)
-        wire = self.cross_wire if self.phase != "all_gather" else None
-        self.ring = RingAllreduce(self.cross, own, tag_base=self.cross_tag, average=False,
-                                  chunk_bytes=self.chunk_bytes, wire_dtype=wire, scratch=self.scratch,
-                                  phase=self.phase)
-
-    def _gather(self) -> None:
-        for q in range(self.L):
-            if q != self.l:
-                s = owned_segment(q, self.L)
-                self._segment(self.own, s).copy_(self._segment(self.peers[q], s))
+        if reduce and len(order) > 1:
+            tmp = self.scratch.get(("fold",), min(own.numel(), self.block), own.dtype, own.device)
+        divide = reduce and self.average
+        for a in range(0, own.numel(), self.block):
+            b = min(a + self.block, own.numel())
+            mine = own[a:b]
+            if reduce:
+                fold_into(mine, [x[a:b] for x in order], tmp)
+                if divide and self.cross is None:
+                    mine.div_(self.total)
+            if push:
+                for d in dests:
+                    d[a:b].copy_(mine)
 
     def _advance(self) -> None:
-        """One stage after its barrier (or ring) completed; sets the next request."""
+        """Move on from a completed barrier (or ring); sets the next request."""
         self.win.Sync()
         if self.stage == "A":
-            if self.phase != "all_gather":
-                self._reduce()
-            self._start_cross()
-            self.stage = "ring"
-            self.request = None
+            reduce = self.phase != "all_gather"
+            if self.cross is None:
+                self._work(reduce, push=self.phase != "reduce_scatter")
+                self.stage, self.request = "C", self._barrier()
+                return
+            if reduce:
+                self._work(True, push=False)
+            wire = self.cross_wire if self.phase != "all_gather" else None
+            self.ring = RingAllreduce(self.cross, self._segment(self.own, self.seg), tag_base=self.cross_tag,
+                                      average=False, chunk_bytes=self.chunk_bytes, wire_dtype=wire,
+                                      scratch=self.scratch, phase=self.phase)
+            self.stage, self.request = "ring", None
             return
         if self.stage == "ring":
             if self.average and self.phase != "all_gather":
                 self._segment(self.own, self.seg).div_(self.total)
-            if self.phase == "reduce_scatter":
-                self.stage, self.request = "C", self._barrier()
-            else:
-                self.stage, self.request = "B", self._barrier()
-            return
-        if self.stage == "B":
-            self._gather()
+            if self.phase != "reduce_scatter":
+                self._work(False, push=True)
             self.stage, self.request = "C", self._barrier()
             return
         self.done = True
+
+    def _start(self) -> None:
+        self.after = None
+        self.stage, self.request = "A", self._barrier()
 
     def progress(self) -> bool:
         while not self.done:
@@ -217,11 +227,9 @@ class ShmCollective:
                     return False
                 self._start()
             if self.stage == "ring":
-                if self.ring is not None and not self.ring.progress():
+                if not self.ring.progress():
                     return False
-                self._advance()
-                continue
-            if not self.request.Test():
+            elif not self.request.Test():
                 return False
             self._advance()
         return True
@@ -233,11 +241,9 @@ class ShmCollective:
                     self.after.wait()
                 self._start()
             if self.stage == "ring":
-                if self.ring is not None:
-                    self.ring.wait()
-                self._advance()
-                continue
-            waits.wait(self.request, f"shared-memory barrier {self.stage}", getattr(self.local, "group", ""))
+                self.ring.wait()
+            else:
+                waits.wait(self.request, f"shared-memory barrier {self.stage}", getattr(self.local, "group", ""))
             self._advance()
         return self.own
 
