@@ -1,4 +1,5 @@
-"""Benchmark: data-parallel training steps/s, mpitrain's GradientAverager vs PyTorch DDP (gloo).
+"""Benchmark: data-parallel training steps/s, mpitrain's GradientAverager (plain and
+ZeRO-1) vs PyTorch DDP (gloo).
 
     mpirun -n N python -m mpitrain bench dp [--batch 4] [--seq 64] [--steps 5] [--reps 3] [--json FILE]
 
@@ -6,9 +7,11 @@ Both sides train the same BERT-like encoder (about 22M parameters: 30522 x 384
 embeddings, 6 layers of hidden 384 / ffn 1536, a token-classification head), from
 the same initial weights, on the same per-rank batches, with AdamW, on the same
 ranks, in the same run; blocks of steps alternate between the two so background
-load hits both alike. Reported (medians over repetitions):
+load hits all alike. A third side, ``zero``, is mpitrain with the AdamW state
+sharded over the replicas (ZeRO-1, `dp/zero.py`). Reported (medians over repetitions):
 
-    steps_per_s       for mpitrain and for DDP, and their ratio
+    steps_per_s       for mpitrain, mpitrain ZeRO-1 and DDP, and their ratios
+    optimizer_bytes   AdamW state per rank, unsharded and ZeRO-1
     standalone_s      all gradient buckets all-reduced back to back, without compute
                       (measured after every block of steps)
     exposed_s         per step, time spent in GradientAverager.wait() after backward
@@ -27,6 +30,8 @@ from torch import nn
 
 from mpitrain.bench.allreduce import init_gloo
 from mpitrain.dp.grad_sync import GradientAverager
+from mpitrain.dp.zero import ShardedGradients, ZeroOptimizer
+from mpitrain.train.state import optimizer_state_bytes
 from mpitrain.errors import UsageError
 
 HELP = "data-parallel training: mpitrain GradientAverager vs PyTorch DDP (gloo)"
@@ -120,27 +125,38 @@ def run(args) -> int:
         return TinyBert(hidden=args.hidden, layers=args.layers, heads=max(1, args.hidden // 64),
                         ffn=4 * args.hidden)
 
-    ours, theirs = build(), build()
+    ours, theirs, sharded = build(), build(), build()
     nparams = sum(p.numel() for p in ours.parameters())
     bucket = int(args.bucket_mb * 2**20)
-    averager = GradientAverager(list(ours.named_parameters()), comm, bucket_bytes=bucket,
-                                algorithm=args.algorithm, compress=args.compress,
-                                progress=args.progress, average=False)
-    averager.broadcast_parameters()
+
+    def averager_of(model, reduce_scatter=False):
+        avg = GradientAverager(list(model.named_parameters()), comm, bucket_bytes=bucket,
+                               algorithm=args.algorithm, compress=args.compress, progress=args.progress,
+                               average=False, reduce_scatter=reduce_scatter)
+        avg.broadcast_parameters()
+        return avg
+
+    averager = averager_of(ours)
+    zero_averager = averager_of(sharded, reduce_scatter=True)
     ddp = DistributedDataParallel(theirs, bucket_cap_mb=args.bucket_mb)
     opt_ours = torch.optim.AdamW(ours.parameters(), lr=1e-4)
     opt_ddp = torch.optim.AdamW(ddp.parameters(), lr=1e-4)
+    opt_zero = ZeroOptimizer(ShardedGradients(zero_averager), list(sharded.named_parameters()),
+                             [{"params": list(sharded.parameters())}],
+                             lambda groups: torch.optim.AdamW(groups, lr=1e-4))
     batches = make_batches(args, rank, args.steps)
 
     train_steps(ours, opt_ours, batches[:2], averager)          # warm-up (+ bucket rebuild)
+    train_steps(sharded, opt_zero, batches[:2], zero_averager)
     train_steps(ddp, opt_ddp, batches[:2])
-    t_ours, t_ddp, exposed, hooks, standalone = [], [], [], [], []
+    t_ours, t_ddp, t_zero, exposed, hooks, standalone = [], [], [], [], [], []
     for _ in range(args.reps):
         averager.reset_timings()
         t_ours.append(train_steps(ours, opt_ours, batches, averager))
         exposed.append(averager.timings["exposed_seconds"] / averager.timings["steps"])
         hooks.append(averager.timings["hook_seconds"] / averager.timings["steps"])
         t_ddp.append(train_steps(ddp, opt_ddp, batches))
+        t_zero.append(train_steps(sharded, opt_zero, batches, zero_averager))
         standalone.append(standalone_comm(averager))
     tm = dict(averager.timings)
     standalone = statistics.median(standalone)
@@ -151,13 +167,18 @@ def run(args) -> int:
         "compress": args.compress, "buckets": tm["buckets"], "grad_bytes": tm["bytes"],
         "mpitrain_steps_per_s": args.steps / statistics.median(t_ours),
         "ddp_steps_per_s": args.steps / statistics.median(t_ddp),
+        "zero_steps_per_s": args.steps / statistics.median(t_zero),
         "mpitrain_best_steps_per_s": args.steps / min(t_ours),
+        "optimizer_bytes": optimizer_state_bytes(opt_ours), "zero_optimizer_bytes": opt_zero.state_bytes(),
         "ddp_best_steps_per_s": args.steps / min(t_ddp),
         "standalone_comm_s": standalone, "exposed_s": exposed,
         "hook_s": statistics.median(hooks),
         "hidden_fraction": max(0.0, min(1.0, 1.0 - exposed / standalone)) if n > 1 and standalone > 0 else 0.0,
     }
     res["speedup"] = res["mpitrain_steps_per_s"] / res["ddp_steps_per_s"]
+    res["zero_speedup"] = res["zero_steps_per_s"] / res["ddp_steps_per_s"]
+    res["zero_vs_plain"] = res["zero_steps_per_s"] / res["mpitrain_steps_per_s"]
+    most = comm.allreduce(res["zero_optimizer_bytes"], op=MPI.MAX)
     if rank == 0:
         print(f"# dp training: {n} ranks, {nparams / 1e6:.1f}M parameters, batch {args.batch}x{args.seq} "
               f"per rank, AdamW, {args.reps} x {args.steps} steps per side, algorithm {args.algorithm}"
@@ -168,6 +189,9 @@ def run(args) -> int:
         print(f"mpitrain  {res['mpitrain_steps_per_s']:.3f} steps/s (best {res['mpitrain_best_steps_per_s']:.3f})")
         print(f"DDP gloo  {res['ddp_steps_per_s']:.3f} steps/s (best {res['ddp_best_steps_per_s']:.3f})")
         print(f"speedup   {res['speedup']:.2f}x")
+        print(f"ZeRO-1    {res['zero_steps_per_s']:.3f} steps/s: {res['zero_vs_plain']:.2f}x plain mpitrain, "
+              f"{res['zero_speedup']:.2f}x DDP; AdamW state per rank {most / 2**20:.1f} MiB (at most) vs "
+              f"{res['optimizer_bytes'] / 2**20:.1f} MiB unsharded ({most / res['optimizer_bytes']:.2f}x)")
         print(f"comm: standalone {standalone * 1e3:.1f} ms/step, exposed after backward "
               f"{exposed * 1e3:.1f} ms/step, in hooks {res['hook_s'] * 1e3:.1f} ms/step, "
               f"hidden fraction {res['hidden_fraction']:.0%}", flush=True)
@@ -175,5 +199,6 @@ def run(args) -> int:
             with open(args.json, "w") as f:
                 json.dump(res, f, indent=1)
     averager.close()
+    zero_averager.close()
     dist.destroy_process_group()
     return 0
