@@ -56,8 +56,10 @@ class RuntimeSection:
 
 @dataclass
 class CommSection:
-    algorithm: str = opt("auto", "gradient all-reduce: ring | mpi | auto", choices=("ring", "mpi", "auto"))
-    crossover_bytes: int = opt(0, "auto: ring above this size, MPI below; 0 = measure at start", min=0)
+    algorithm: str = opt("auto", "gradient all-reduce: shm (shared memory in a node, hierarchical across "
+                                 "nodes) | ring | mpi | auto (MPI below the crossover, shm where replicas "
+                                 "share nodes or else ring above it)", choices=("shm", "ring", "mpi", "auto"))
+    crossover_bytes: int = opt(0, "auto: shm or ring above this size, MPI below; 0 = measure at start", min=0)
     bucket_mb: float = opt(25.0, "gradient bucket size in MiB", min=0.001)
     first_bucket_mb: float = opt(1.0, "size of the first (earliest launched) bucket in MiB", min=0.001)
     compress: str = opt("none", "wire format for gradients: none | fp16 | bf16",

@@ -49,13 +49,14 @@ def reference_parameters(job: str, overrides: list[str]) -> dict:
     return final, moved
 
 
-def train_layout(tmp: Path, job: str, overrides: list[str], dp: int, pp: int, extra=(), timeout=240, tp: int = 1):
+def train_layout(tmp: Path, job: str, overrides: list[str], dp: int, pp: int, extra=(), timeout=240, tp: int = 1,
+                 env=None):
     """Run the layout under mpiexec; {rank: {global name: array}} (tensor shards joined)."""
     args = ["tests/mpi_scripts/layout_train.py", tmp, job, *extra]
     for s in [f"grid.dp={dp}", f"grid.pp={pp}", f"grid.tp={tp}", *overrides]:
         args += ["--set", s]
     n = dp * pp * tp
-    result = run_mpi(n, args, timeout=timeout)
+    result = run_mpi(n, args, timeout=timeout, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     return {r: dict(np.load(tmp / f"rank-{r}.npz")) for r in range(n)}
 

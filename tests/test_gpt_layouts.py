@@ -33,6 +33,15 @@ def test_layout_matches_single_process(reference, tmp_path, dp, pp):
         assert not set(holders["embed.wte.weight"]) & set(holders["head.lm_head.weight"]), holders
 
 
+def test_hierarchical_all_reduce_on_two_simulated_nodes_matches_single_process(reference, tmp_path):
+    """dp 4 as 2 nodes x 2 ranks (MPICH's MPIR_CVAR_NUM_CLIQUES): gradients go through
+    shared memory inside each node and the ring between nodes."""
+    ranks = train_layout(tmp_path, JOB, overrides(tmp_path) + ['comm.algorithm="shm"'], 4, 1,
+                         env={"MPIR_CVAR_NUM_CLIQUES": "2"})
+    worst = worst_difference(ranks, reference)
+    assert worst < TOL, f"hierarchical dp=4: max |difference| {worst:.2e}"
+
+
 def test_wrong_gradient_scale_is_caught(reference, tmp_path):
     got = train_layout(tmp_path, JOB, overrides(tmp_path), 2, 1, extra=["--wrong-grad-scale"])
     assert worst_difference(got, reference) > 100 * TOL

@@ -64,7 +64,7 @@ def test_out_of_range_and_choices(tmp_path):
     assert "[grid] tp: 0 is below the minimum 1" in error_of(write(tmp_path, "[grid]\ntp = 0\n"))
     assert "above the maximum 1" in error_of(write(tmp_path, "[train]\nmomentum = 1.5\n"))
     msg = error_of(write(tmp_path, '[comm]\nalgorithm = "tree"\n'))
-    assert "'tree' is not one of 'ring', 'mpi', 'auto'" in msg
+    assert "'tree' is not one of 'shm', 'ring', 'mpi', 'auto'" in msg
 
 
 def test_cross_field_checks(tmp_path):
