@@ -72,7 +72,7 @@ def test_cuda_aware_env_override(monkeypatch):
 def test_crossover_choice_is_robust():
     import numpy as np
 
-    from mpitrain.comm.allreduce import crossover_from_times
+    from mpitrain.comm.crossover import crossover_from_times
     sizes = (4, 16, 64, 256)
     mpi = np.array([1.0, 2.0, 3.0, 4.0])
     assert crossover_from_times(sizes, mpi, np.array([2.0, 3.0, 2.0, 1.0])) == 32

@@ -43,6 +43,7 @@ import torch
 from mpi4py import MPI
 
 from mpitrain.comm import device_buffers as dev
+from mpitrain.comm.crossover import PROBE_BYTES, measure_crossover
 from mpitrain.comm.mpi_ops import MpiAllreduce, mpi_allreduce_
 from mpitrain.comm.shm import SharedBuffers, ShmCollective, owned_range
 from mpitrain.comm.ring import (DEFAULT_CHUNK_BYTES, DEFAULT_WINDOW, RingAllreduce, Scratch, owned_segment,
@@ -53,10 +54,6 @@ ALGORITHMS = ("shm", "ring", "mpi", "auto")
 COMPRESS = {None: None, "none": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 DTYPE_CODES = {torch.float32: 1, torch.float64: 2, torch.float16: 3, torch.bfloat16: 4,
                torch.int32: 5, torch.int64: 6}
-# Probed sizes for the crossover. Above 8 MiB the ring has been at least even with
-# MPI_Allreduce wherever we measured, and it overlaps with computation much better
-# (its chunks advance on every poll), so the measured crossover is at most 16 MiB.
-PROBE_BYTES = (4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20, 4 << 20, 8 << 20)
 
 
 class Handle:
@@ -331,46 +328,5 @@ class AllReducer:
                     break
 
     def measure_crossover(self, sizes=PROBE_BYTES, reps: int = 7) -> int:
-        """Time MPI and the large-message path (shared memory if available, else the
-        ring) on this communicator (alternating, median of ``reps``, the slowest rank's
-        time counts) and return the threshold that loses least over the probed sizes:
-        the sum of log(time of the chosen algorithm / time of the faster one) is
-        minimal, so one noisy probe cannot move the crossover far."""
-        times = np.zeros((2, len(sizes), reps))
-        large = "shm" if self.buffers is not None else "ring"
-        buf = self.empty(max(sizes) // 4, torch.float32)
-        saved, scratch = self.algorithm, self._scratch_free[0]
-        try:
-            for i, nbytes in enumerate(sizes):
-                t = buf[:nbytes // 4]
-                for rep in range(-1, reps):          # rep -1 warms up
-                    for k, algo in enumerate(("mpi", large)):
-                        self.algorithm = algo
-                        self.comm.Barrier()
-                        t0 = time.perf_counter()
-                        self._start(t, False, scratch).wait()
-                        if rep >= 0:
-                            times[k, i, rep] = time.perf_counter() - t0
-        finally:
-            self.algorithm = saved
-        self.release(buf)
-        self.comm.Allreduce(MPI.IN_PLACE, times, op=MPI.MAX)
-        return crossover_from_times(sizes, np.median(times[0], axis=1), np.median(times[1], axis=1))
-
-
-def crossover_from_times(sizes, mpi_s, ring_s) -> int:
-    """The threshold (ring at or above it) with the least summed log-loss over the probes."""
-    best_loss, best = None, 2 * sizes[-1]
-    fastest = np.minimum(mpi_s, ring_s)
-    for c in range(len(sizes) + 1):           # ring for probes c.. ; c == len(sizes): never
-        chosen = np.concatenate([mpi_s[:c], ring_s[c:]])
-        loss = float(np.sum(np.log(chosen / fastest)))
-        if best_loss is None or loss < best_loss - 1e-12:
-            best_loss = loss
-            if c == 0:
-                best = 0
-            elif c == len(sizes):
-                best = 2 * sizes[-1]
-            else:
-                best = int(np.sqrt(sizes[c - 1] * sizes[c]))
-    return best
+        """The MPI / large-message crossover measured on this communicator (``comm.crossover``)."""
+        return measure_crossover(self, sizes, reps)
