@@ -327,6 +327,6 @@ class AllReducer:
                 if handle.done:
                     break
 
-    def measure_crossover(self, sizes=PROBE_BYTES, reps: int = 7) -> int:
+    def measure_crossover(self, sizes=PROBE_BYTES, reps: int = 15) -> int:
         """The MPI / large-message crossover measured on this communicator (``comm.crossover``)."""
         return measure_crossover(self, sizes, reps)

@@ -16,7 +16,7 @@ from mpi4py import MPI
 PROBE_BYTES = (4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20, 4 << 20, 8 << 20)
 
 
-def measure_crossover(reducer, sizes=PROBE_BYTES, reps: int = 7) -> int:
+def measure_crossover(reducer, sizes=PROBE_BYTES, reps: int = 15) -> int:
     """Time MPI and the large-message path (shared memory if available, else the
     ring) on this communicator (alternating, median of ``reps``, the slowest rank's
     time counts) and return the threshold that loses least over the probed sizes:
