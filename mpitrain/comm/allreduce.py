@@ -152,8 +152,9 @@ class AllReducer:
         else:
             dev.synchronize(tensor)
         scratch = self._scratch_free.pop() if self._scratch_free else Scratch()
-        op = self._start(target, average, scratch)
-        handle = Handle(self, op, tensor, finish, scratch)
+        return self._track(Handle(self, self._start(target, average, scratch), tensor, finish, scratch))
+
+    def _track(self, handle: Handle) -> Handle:
         self._active.append(handle)
         return handle
 
@@ -222,18 +223,7 @@ class AllReducer:
         if self.size == 1 or tensor.numel() == 0:
             return Handle(self, None, tensor)
         scratch = self._scratch_free.pop() if self._scratch_free else Scratch()
-        wire = self.wire if phase == "reduce_scatter" and tensor.dtype in (torch.float32, torch.float64) else None
-        if self.buffers is not None:
-            if self.buffers.peers(tensor) is None:
-                raise UsageError(f"AllReducer: {phase} with shared memory needs a tensor from empty()")
-            op = self._shm(tensor, average, phase, wire, scratch)
-        else:
-            op = RingAllreduce(self.comm, tensor, tag_base=self._next_tag(), average=average,
-                               chunk_bytes=self.chunk_bytes, window=self.window, wire_dtype=wire,
-                               scratch=scratch, phase=phase)
-        handle = Handle(self, op, tensor, None, scratch)
-        self._active.append(handle)
-        return handle
+        return self._track(Handle(self, self._start(tensor, average, scratch, phase), tensor, None, scratch))
 
     def choose(self, nbytes: int) -> str:
         """The algorithm used for a message of ``nbytes`` (``shm`` only applies to
@@ -288,30 +278,39 @@ class AllReducer:
         raise UsageError(f"allreduce: ranks of the communicator pass different tensors ({desc}); "
                          "pass the same numel and dtype on every rank")
 
-    def _start(self, tensor, average, scratch):
-        algo = self.choose(tensor.numel() * tensor.element_size())
+    def _start(self, tensor, average, scratch, phase: str = "all"):
+        """The operation for one collective: the all-reduce by ``choose``; its phases
+        (ZeRO-1) by shared memory when the reducer has it, else the ring."""
+        if phase == "all":
+            algo = self.choose(tensor.numel() * tensor.element_size())
+        else:
+            algo = "shm" if self.buffers is not None else "ring"
         if algo == "mpi":
             return MpiAllreduce(self.comm, tensor, average)
-        wire = self.wire if tensor.dtype in (torch.float32, torch.float64) else None
-        if algo == "shm" and self.buffers.peers(tensor) is not None:
-            return self._shm(tensor, average, "all", wire, scratch)
+        wire = self.wire if phase != "all_gather" and tensor.dtype in (torch.float32, torch.float64) else None
+        if algo == "shm":
+            found = self.buffers.find(tensor)
+            if found is not None:
+                return self._shm(found, tensor, average, phase, wire, scratch)
+            if phase != "all":
+                raise UsageError(f"AllReducer: {phase} with shared memory needs a tensor from empty()")
         return RingAllreduce(self.comm, tensor, tag_base=self._next_tag(), average=average,
                              chunk_bytes=self.chunk_bytes, window=self.window, wire_dtype=wire,
-                             scratch=scratch)
+                             scratch=scratch, phase=phase)
 
     def _next_tag(self) -> int:
         tag_base = (self._seq % self._tag_slots) * self._tag_span
         self._seq += 1
         return tag_base
 
-    def _shm(self, tensor, average, phase, wire, scratch) -> ShmCollective:
+    def _shm(self, found, tensor, average, phase, wire, scratch) -> ShmCollective:
         tag = 0
         if self.cross is not None:
             span = max(2 * (self.cross.Get_size() - 1), 1)
             tag = (self._cross_seq % max(1, self._tag_slots * self._tag_span // span)) * span
             self._cross_seq += 1
         previous = self._last_shm if self._last_shm is not None and not self._last_shm.done else None
-        self._last_shm = ShmCollective(self.buffers, tensor, phase=phase, average=average, total=self.size,
+        self._last_shm = ShmCollective(self.buffers, found, tensor, phase=phase, average=average, total=self.size,
                                        cross=self.cross, cross_tag=tag, cross_wire=wire,
                                        chunk_bytes=self.chunk_bytes, scratch=scratch, after=previous)
         return self._last_shm

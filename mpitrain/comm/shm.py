@@ -47,7 +47,6 @@ from mpi4py import MPI
 
 from mpitrain.comm import waits
 from mpitrain.comm.ring import RingAllreduce, owned_segment, segment_bounds
-from mpitrain.errors import UsageError
 
 BLOCK_BYTES = 1 << 20   # blocks (L2-sized) stay in cache between the sum and the writes
 
@@ -78,26 +77,24 @@ class SharedBuffers:
         self._windows[mine.data_ptr()] = (win, views)
         return mine
 
-    def peers(self, tensor: torch.Tensor) -> list[torch.Tensor] | None:
-        """Every local rank's tensor at the same place as ``tensor`` (a slice of one of
-        our buffers), or None if ``tensor`` is not in shared memory."""
-        ptr = tensor.data_ptr()
+    def find(self, tensor: torch.Tensor):
+        """(window, every local rank's tensor at the same place as ``tensor``) for a
+        contiguous slice of one of our buffers, else None."""
+        ptr, nbytes = tensor.data_ptr(), tensor.numel() * tensor.element_size()
         for base, (win, views) in self._windows.items():
             mine = views[self.rank]
-            if base <= ptr and ptr + tensor.numel() * tensor.element_size() <= base + mine.numel() * mine.element_size():
+            if base <= ptr and ptr + nbytes <= base + mine.numel() * mine.element_size():
                 if tensor.dtype != mine.dtype or not tensor.is_contiguous():
                     return None
                 off = (ptr - base) // tensor.element_size()
-                return [v[off:off + tensor.numel()] for v in views]
+                return win, [v[off:off + tensor.numel()] for v in views]
         return None
 
-    def window_of(self, tensor: torch.Tensor):
-        ptr = tensor.data_ptr()
-        for base, (win, views) in self._windows.items():
-            mine = views[self.rank]
-            if base <= ptr < base + max(1, mine.numel()) * mine.element_size():
-                return win
-        return None
+    def peers(self, tensor: torch.Tensor) -> list[torch.Tensor] | None:
+        """Every local rank's tensor at the same place as ``tensor``, or None if
+        ``tensor`` is not in shared memory."""
+        found = self.find(tensor)
+        return None if found is None else found[1]
 
     def release(self, tensor: torch.Tensor) -> None:
         """Free the window of a tensor from ``empty`` (collective; the tensor and every
@@ -134,15 +131,11 @@ class ShmCollective:
     ``ring`` (across nodes), ``C`` (barrier: every push is done).
     """
 
-    def __init__(self, buffers: SharedBuffers, tensor: torch.Tensor, *, phase: str = "all",
+    def __init__(self, buffers: SharedBuffers, found, tensor: torch.Tensor, *, phase: str = "all",
                  average: bool = False, total: int | None = None, cross=None, cross_tag: int = 0,
                  cross_wire=None, chunk_bytes: int = 1 << 20, scratch=None, after=None):
-        peers = buffers.peers(tensor)
-        if peers is None:
-            raise UsageError("shared-memory all-reduce: the tensor is not in a shared buffer; allocate it "
-                             "with AllReducer.empty()")
+        self.win, peers = found      # buffers.find(tensor): the tensor's window and every rank's view
         self.buffers, self.local, self.phase, self.average = buffers, buffers.local, phase, average
-        self.win = buffers.window_of(tensor)
         self.L, self.l = buffers.size, buffers.rank
         self.peers, self.own = peers, peers[self.l]
         self.total = total or self.L
